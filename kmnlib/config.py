@@ -48,6 +48,35 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Clip augmentation ranges (kmnlib.synthesis). Static clips draw the geometry per frame;
+    video clips draw it once per clip and add the small ``video_*_jitter`` per frame."""
+
+    rotation_deg: float = 20.0            # rotation uniform in ±rotation_deg
+    scale_range: tuple[float, float] = (0.9, 1.1)  # isotropic scale about the image centre
+    shear_deg: float = 10.0               # x and y shear, each uniform in ±shear_deg
+    flip_p: float = 0.5                   # horizontal flip probability (once per clip)
+    # Random resized crop: window area / (shorter image side)², window aspect (w/h); then
+    # resized to the square training size.
+    crop_area: tuple[float, float] = (0.36, 1.0)
+    crop_aspect: tuple[float, float] = (0.75, 4.0 / 3.0)
+    # Colour jitter per frame: factors uniform in 1±value; hue shift in ±hue turns.
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02
+    # Video clips: per-frame perturbation on top of the per-clip affine.
+    video_rotation_jitter_deg: float = 3.0
+    video_scale_jitter: float = 0.03      # relative
+    video_shift_jitter: float = 0.03      # fraction of the crop window side
+    # An instance counts as "visible" in the reference frame from this fraction of the crop area.
+    min_object_fraction: float = 0.005
+    crop_tries: int = 10    # geometry re-draws until frame 0 shows an object (static clips)
+    hide_tries: int = 10    # Hide-and-Seek re-draws of frame 0 until every chosen object survives
+    clip_tries: int = 20    # video: (frames, geometry) re-draws until the reference shows an object
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """One training stage (static pre-training or main video training)."""
 
@@ -64,6 +93,10 @@ class StageConfig:
     gap_start: int = 0
     gap_end: int = 25
     ramp_fraction: float = 1.0  # fraction of the stage over which ramps reach their end value
+    # Video stage only: DAVIS frame folder of the training videos (the shared DAVIS-2016 copy
+    # holds train at 240p only).
+    video_resolution: str = "480p"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -73,8 +106,14 @@ class StageConfig:
 class InferenceConfig:
     sigma: float | None = 7.0  # Gaussian kernel width in feature cells; None = STM read
     mem_every: int = 5
-    resolution: str = "480p"  # DAVIS frame folder used for inference
+    resolution: str = "480p"  # DAVIS frame folder read for inference (ground truth is evaluated there)
+    # Frames are resized to this height (aspect kept) before inference; predictions are upsampled
+    # back to the ground-truth size (bilinear on probabilities). None = native resolution.
+    infer_height: int | None = None
     sigma_sweep: tuple[float | None, ...] = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, None)
+    # Working-memory budget of one chunk of the memory read's logits (kmnlib.memory.chunk_size):
+    # the read processes memory positions in chunks that fit, so peak memory does not grow with T.
+    read_budget_bytes: int = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -121,8 +160,9 @@ MINI = Profile(
     pretrain=StageConfig(iterations=1200, batch_size=4, lr=1e-4, crop_size=192, has_grid=12,
                          num_workers=1, log_every=10, checkpoint_every=200),
     main=StageConfig(iterations=1200, batch_size=4, lr=5e-5, crop_size=192, gap_start=0,
-                     gap_end=25, num_workers=1, log_every=10, checkpoint_every=200),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="240p"),
+                     gap_end=25, video_resolution="240p", num_workers=1, log_every=10,
+                     checkpoint_every=200),
+    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="480p", infer_height=240),
 )
 
 TEST = Profile(
@@ -131,8 +171,9 @@ TEST = Profile(
     pretrain=StageConfig(iterations=4, batch_size=2, lr=1e-4, crop_size=96, has_grid=6,
                          num_workers=0, log_every=1, checkpoint_every=2),
     main=StageConfig(iterations=4, batch_size=2, lr=1e-4, crop_size=96, gap_end=5,
+                     video_resolution="240p",
                      num_workers=0, log_every=1, checkpoint_every=2),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="240p",
+    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="480p", infer_height=96,
                               sigma_sweep=(3.0, 7.0, None)),
 )
 

@@ -30,12 +30,15 @@ def read_label_map(path: str | os.PathLike, *, binary: bool | None = None) -> np
 
     Palette ('P') images keep their indices. Grey ('L'/'1') images are read as binary DAVIS-2016
     masks (any value > 127 → object 1) when ``binary`` is True or the file only holds {0,255};
-    otherwise their values are taken as ids. RGB masks are refused (ambiguous colour→id mapping).
+    otherwise their values are taken as ids. RGB masks are refused (ambiguous colour→id mapping)
+    unless ``binary`` is True: saliency sets ship some binary masks as RGB/JPEG, read as grey.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            if binary and im.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+                im = im.convert("L")
             mode = im.mode
             arr = np.array(im)
     except FileNotFoundError:

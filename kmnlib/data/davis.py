@@ -1,0 +1,102 @@
+"""DAVIS 2016 / 2017 readers (semi-supervised: objects are those of the first-frame annotation).
+
+Layout (``resolution`` is a folder name such as ``480p``, ``240p`` or ``Full-Resolution``)::
+
+    <root>/ImageSets/<year>/<split>.txt        one sequence name per line
+    <root>/JPEGImages/<resolution>/<seq>/00000.jpg ...
+    <root>/Annotations/<resolution>/<seq>/00000.png ...
+
+DAVIS 2016 masks are 0/255 grey PNGs read as {0,1} (a DAVIS-2017 palette folder read with
+``year="2016"`` collapses its objects into one, as the official 2016 protocol does). DAVIS 2017
+masks are palette PNGs: ids 1..N as stored, 255 = void.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from kmnlib.config import data_root
+from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoSequence, check_mask_size,
+                               check_object_count, list_frames_and_masks)
+
+YEARS = ("2016", "2017")
+
+
+class DAVISDataset:
+    """Sequences of one DAVIS split; ``ds[i]`` or ``ds["name"]`` gives a lazy ``VideoSequence``."""
+
+    def __init__(self, root: str | os.PathLike | None = None, year: str | int = "2016",
+                 split: str = "train", resolution: str = "480p", *,
+                 max_objects: int = DEFAULT_MAX_OBJECTS) -> None:
+        self.year = str(year)
+        if self.year not in YEARS:
+            raise ValueError(f"DAVIS year must be one of {YEARS}, got {year!r}")
+        self.root = Path(root) if root is not None else data_root() / f"DAVIS-{self.year}"
+        self.split, self.resolution, self.max_objects = split, resolution, max_objects
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: DAVIS root folder not found (see data/README.md)")
+        list_file = self.root / "ImageSets" / self.year / f"{split}.txt"
+        if not list_file.is_file():
+            raise FileNotFoundError(f"{list_file}: split list not found (year {self.year}, "
+                                    f"split {split!r})")
+        names = [ln.strip() for ln in list_file.read_text().splitlines()]
+        self.names: list[str] = [n for n in names if n]
+        if not self.names:
+            raise ValueError(f"{list_file}: split list is empty")
+        # Folder checks are cheap stats; doing them now fails early rather than mid-training.
+        for name in self.names:
+            for kind in ("JPEGImages", "Annotations"):
+                self._check_folder(self.root / kind / resolution / name, kind, name)
+        self._cache: dict[str, VideoSequence] = {}
+
+    def _check_folder(self, folder: Path, kind: str, name: str) -> None:
+        if folder.is_dir():
+            return
+        others = sorted(p.parent.name for p in (self.root / kind).glob(f"*/{name}") if p.is_dir())
+        hint = (f"; the sequence exists at resolution(s) {', '.join(others)} — pass "
+                f"resolution={others[0]!r}" if others else "")
+        raise FileNotFoundError(f"{folder}: sequence folder missing (listed in ImageSets/"
+                                f"{self.year}/{self.split}.txt){hint}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[VideoSequence]:
+        return (self[n] for n in self.names)
+
+    def __repr__(self) -> str:
+        return (f"DAVISDataset({str(self.root)!r}, year={self.year!r}, split={self.split!r}, "
+                f"resolution={self.resolution!r}, sequences={len(self)})")
+
+    def __getitem__(self, key: int | str) -> VideoSequence:
+        if isinstance(key, str):
+            if key not in self.names:
+                raise KeyError(f"{key!r} is not a sequence of DAVIS {self.year} {self.split}")
+            name = key
+        else:
+            name = self.names[key]
+        if name not in self._cache:
+            self._cache[name] = self._load_sequence(name)
+        return self._cache[name]
+
+    def _load_sequence(self, name: str) -> VideoSequence:
+        frame_dir = self.root / "JPEGImages" / self.resolution / name
+        mask_dir = self.root / "Annotations" / self.resolution / name
+        frames, masks = list_frames_and_masks(frame_dir, mask_dir)
+        first = masks[0]
+        if first is None:
+            raise FileNotFoundError(f"{mask_dir / (frames[0].stem + '.png')}: first-frame "
+                                    f"annotation missing")
+        size = check_mask_size(first, frames[0])
+        binary = self.year == "2016"
+        labels = read_label_map(first, binary=binary)
+        ids = [int(v) for v in np.unique(labels) if v not in (0, VOID)]
+        if binary:
+            ids = [1] if ids else []
+        check_object_count(first, ids, self.max_objects)
+        return VideoSequence(name=name, frame_paths=frames, mask_paths=masks, object_ids=ids,
+                             size=size, binary=binary)
