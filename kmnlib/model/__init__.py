@@ -1,0 +1,27 @@
+"""The network: backbones, encoders, key/value heads, decoder (:class:`KMN`), STM checkpoints."""
+from __future__ import annotations
+
+from typing import Any
+
+from kmnlib.config import ModelConfig
+from kmnlib.model.network import KMN
+from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
+
+__all__ = ["KMN", "build_model", "pad_divide_by", "unpad", "soft_aggregate",
+           "load_stm_checkpoint", "to_stm_state_dict"]
+
+
+def build_model(cfg: Any) -> KMN:
+    """A :class:`KMN` for a :class:`~kmnlib.config.ModelConfig` (or a Profile: its ``.model``)."""
+    model_cfg = getattr(cfg, "model", cfg)
+    if not isinstance(model_cfg, ModelConfig):
+        raise TypeError(f"build_model expects a ModelConfig or Profile, got {type(cfg).__name__}")
+    return KMN(model_cfg)
+
+
+def __getattr__(name: str) -> Any:
+    # The STM mapping is only needed by a few callers; import it on first use.
+    if name in ("load_stm_checkpoint", "to_stm_state_dict"):
+        from kmnlib.model import stm_checkpoint
+        return getattr(stm_checkpoint, name)
+    raise AttributeError(f"module 'kmnlib.model' has no attribute {name!r}")
