@@ -52,7 +52,7 @@ def read_label_map(path: str | os.PathLike, *, binary: bool | None = None) -> np
     if mode in ("L", "I", "I;16"):
         arr = arr.astype(np.int64)
         if binary is None:
-            binary = set(np.unique(arr).tolist()) <= {0, 255}
+            binary = bool(((arr == 0) | (arr == 255)).all())  # cheaper than np.unique
         if binary:
             return (arr > 127).astype(np.uint8)
         if arr.max() > 255:
@@ -76,6 +76,7 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray) -> None:
     os.close(fd)
     try:
         im.save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

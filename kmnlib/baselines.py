@@ -1,0 +1,95 @@
+"""Reference baselines that need no model: "copy the first-frame mask to every frame".
+
+    python -m kmnlib.baselines            # DAVIS-2016 val → results/baselines/first-frame-copy/
+
+It writes ``<out>/<sequence>/<frame>.png`` for every frame and then evaluates them with
+:func:`kmnlib.evaluate.evaluate_davis`, writing the CSVs into the parent of ``<out>``.
+The numbers say how much of a sequence a static object already explains: any method below them
+has learned nothing about motion.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kmnlib.config import data_root, results_root
+from kmnlib.data.masks import VOID, read_label_map, write_label_map
+from kmnlib.evaluate import (GLOBAL_CSV, SEQUENCE_CSV, YEARS, annotation_paths, evaluate_davis,
+                             print_tables, sequence_names)
+
+__all__ = ["first_frame_copy", "main"]
+
+
+def _frame_names(davis_root: Path, sequence: str, resolution: str,
+                 gt_paths: list[Path]) -> list[str]:
+    # Every video frame gets a mask; frames are the JPEGs (YouTube-style sparse annotations would
+    # otherwise leave holes). Fall back to the annotation names if the JPEG folder is absent.
+    jpgs = sorted((davis_root / "JPEGImages" / resolution / sequence).glob("*.jpg"))
+    return [p.stem for p in jpgs] if jpgs else [p.stem for p in gt_paths]
+
+
+def first_frame_copy(davis_root: str | os.PathLike, out_dir: str | os.PathLike, year: str = "2016",
+                     split: str = "val", resolution: str = "480p",
+                     sequences: Sequence[str] | None = None) -> list[str]:
+    """Write the first annotation of each sequence as the mask of every frame; return the sequences.
+
+    Masks are DAVIS-palette PNGs ``out_dir/<sequence>/<frame>.png`` (written atomically); void
+    (255) in the first annotation becomes background, since a prediction never claims void.
+    """
+    davis_root, out_dir = Path(davis_root), Path(out_dir)
+    names = sequence_names(davis_root, str(year), split)
+    if sequences is not None:
+        unknown = sorted(set(sequences) - set(names))
+        if unknown:
+            raise ValueError(f"{davis_root / 'ImageSets' / str(year) / f'{split}.txt'}: sequences "
+                             f"{unknown} are not in DAVIS-{year} {split}")
+        names = [s for s in names if s in set(sequences)]
+    for seq in names:
+        gt_paths = annotation_paths(davis_root, seq, resolution)
+        first = read_label_map(gt_paths[0])
+        first = np.where(first == VOID, 0, first).astype(np.uint8)
+        for frame in _frame_names(davis_root, seq, resolution, gt_paths):
+            write_label_map(out_dir / seq / f"{frame}.png", first)
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    default_out = results_root() / "baselines" / "first-frame-copy" / "masks"
+    p = argparse.ArgumentParser(prog="python -m kmnlib.baselines",
+                                description="first-frame-copy baseline on DAVIS, then its evaluation")
+    p.add_argument("--davis", default=None, help="DAVIS root (default: <data root>/DAVIS-<year>)")
+    p.add_argument("--year", choices=YEARS, default="2016")
+    p.add_argument("--split", default="val")
+    p.add_argument("--resolution", default="480p")
+    p.add_argument("--out", default=str(default_out), help="folder for the result masks")
+    p.add_argument("--eval-out", default=None, help="folder for the CSVs (default: parent of --out)")
+    p.add_argument("--workers", type=int, default=1, help="evaluation processes")
+    args = p.parse_args(argv)
+    davis = Path(args.davis) if args.davis else data_root() / f"DAVIS-{args.year}"
+    out = Path(args.out)
+    eval_out = Path(args.eval_out) if args.eval_out else out.parent
+    try:
+        t0 = time.perf_counter()
+        names = first_frame_copy(davis, out, args.year, args.split, args.resolution)
+        t1 = time.perf_counter()
+        g, s = evaluate_davis(davis, out, args.year, args.split, out_dir=eval_out,
+                              resolution=args.resolution, workers=args.workers)
+        t2 = time.perf_counter()
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"first-frame-copy on DAVIS-{args.year} {args.split} ({len(names)} sequences)\n")
+    print_tables(g, s, args.split)
+    print(f"\nmasks: {out}  ({t1 - t0:.1f} s)\ntables: {eval_out / GLOBAL_CSV}, "
+          f"{eval_out / SEQUENCE_CSV}  (evaluation {t2 - t1:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

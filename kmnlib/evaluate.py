@@ -1,0 +1,275 @@
+"""Semi-supervised DAVIS evaluation of a folder of result PNGs (official toolkit protocol).
+
+    python -m kmnlib.evaluate --davis data/DAVIS-2016 --year 2016 --split val \\
+        --results results/mini/kmn/masks --out results/mini/kmn
+
+Results are ``<results>/<sequence>/<frame>.png`` (palette ids, or L-mode 0/255 for one object).
+Per sequence, the first and the last annotated frame are left out (the first is given to the
+method, the toolkit drops the last too); every ground-truth object is scored per frame with J and F
+(:mod:`kmnlib.metrics`) and summarised with :func:`kmnlib.metrics.sequence_stats`. The global row
+is the mean over objects; ``J&F-Mean`` = (J-Mean + F-Mean) / 2. CSVs are written as the toolkit
+writes them (``%.3f``), atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.metrics import boundary_f, jaccard, sequence_stats
+
+__all__ = [
+    "GLOBAL_COLUMNS", "SEQUENCE_COLUMNS", "GLOBAL_CSV", "SEQUENCE_CSV", "ObjectScores",
+    "sequence_names", "annotation_paths", "evaluate_sequence", "evaluate_davis", "print_tables",
+    "main",
+]
+
+GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+SEQUENCE_COLUMNS = ["Sequence", "J-Mean", "F-Mean"]
+GLOBAL_CSV = "global_results.csv"
+SEQUENCE_CSV = "per-sequence_results.csv"
+YEARS = ("2016", "2017")
+
+
+@dataclass
+class ObjectScores:
+    """Per-frame scores of one ground-truth object of one sequence (evaluated frames only)."""
+
+    sequence: str
+    object_id: int
+    frames: list[str]
+    j: np.ndarray  # (T,) float64
+    f: np.ndarray  # (T,) float64
+
+    @property
+    def name(self) -> str:
+        """The toolkit's row name, ``<sequence>_<object id>``."""
+        return f"{self.sequence}_{self.object_id}"
+
+
+# ----------------------------------------------------------------------------------- dataset files
+def sequence_names(davis_root: str | os.PathLike, year: str, split: str) -> list[str]:
+    """Sequence names listed in ``ImageSets/<year>/<split>.txt``.
+
+    Lines may be bare names or the DAVIS-2016 style ``/JPEGImages/480p/<seq>/00000.jpg ...`` pairs.
+    """
+    path = Path(davis_root) / "ImageSets" / str(year) / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sequence list not found (is --davis the DAVIS root folder, "
+                                f"holding ImageSets/, Annotations/, JPEGImages/?)")
+    names: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        name = line.split()[0].strip("/").split("/")[2] if "/" in line else line
+        if name not in names:  # frame-pair lists repeat the name once per frame
+            names.append(name)
+    if not names:
+        raise ValueError(f"{path}: the sequence list is empty")
+    return names
+
+
+def annotation_paths(davis_root: str | os.PathLike, sequence: str,
+                     resolution: str = "480p") -> list[Path]:
+    """Sorted ground-truth PNGs ``Annotations/<resolution>/<sequence>/*.png``."""
+    folder = Path(davis_root) / "Annotations" / resolution / sequence
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no ground-truth annotations (*.png) found")
+    return paths
+
+
+# ------------------------------------------------------------------------------------- scoring
+def _read_result(path: Path, gt_shape: tuple[int, int], gt_path: Path, resize: bool) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: result mask missing (every annotated frame except the "
+                                f"first and last needs one, named as {gt_path.name})")
+    labels = read_label_map(path)
+    if labels.shape != gt_shape:
+        if not resize:
+            raise ValueError(f"{path}: result size {labels.shape[1]}x{labels.shape[0]} differs from "
+                             f"the ground truth {gt_shape[1]}x{gt_shape[0]} ({gt_path}); pass "
+                             f"--resize-results (resize_results=True) to upsample nearest-neighbour")
+        # PIL's NEAREST samples pixel centres, so a 2x upsample repeats each pixel exactly.
+        im = Image.fromarray(labels).resize((gt_shape[1], gt_shape[0]), Image.Resampling.NEAREST)
+        labels = np.asarray(im)
+    return labels
+
+
+def evaluate_sequence(davis_root: str | os.PathLike, results_dir: str | os.PathLike, sequence: str,
+                      year: str = "2016", resolution: str = "480p",
+                      resize_results: bool = False) -> list[ObjectScores]:
+    """Per-frame J and F for every ground-truth object of one sequence.
+
+    Objects are 1..max id of the first annotation. DAVIS 2016 has one object: every non-zero,
+    non-void GT pixel (the 2016 protocol merges objects), scored against result id 1 (a 0/255
+    grey result reads as id 1). A result that lacks an object scores 0 on it (J=0, F=0 unless the
+    object is absent from the GT frame too); result ids the GT does not have are ignored. Pixels
+    labelled 255 in the GT (void) are excluded from J and F.
+    """
+    gt_paths = annotation_paths(davis_root, sequence, resolution)
+    if len(gt_paths) < 3:
+        raise ValueError(f"{gt_paths[0].parent}: {len(gt_paths)} annotated frame(s); the protocol "
+                         f"scores frames between the first and the last, so at least 3 are needed")
+    single = str(year) == "2016"
+    # DAVIS-2016 GT is 0/255 grey: say so, which also spares read_label_map a np.unique per frame.
+    binary = True if single else None
+    first = read_label_map(gt_paths[0], binary=binary)
+    n_objects = 1 if single else int(np.max(np.where(first == VOID, 0, first)))
+    object_ids = list(range(1, n_objects + 1))
+    eval_paths = gt_paths[1:-1]  # semi-supervised protocol: drop the first and the last frame
+    gt_list = [read_label_map(p, binary=binary) for p in eval_paths]
+    for p, g in zip(eval_paths, gt_list):
+        if g.shape != first.shape:
+            raise ValueError(f"{p}: ground-truth size {g.shape[1]}x{g.shape[0]} differs from the "
+                             f"first frame's {first.shape[1]}x{first.shape[0]}")
+    gt = np.stack(gt_list)
+    res_dir = Path(results_dir) / sequence
+    res = np.stack([_read_result(res_dir / p.name, first.shape, p, resize_results)
+                    for p in eval_paths])
+    void = gt == VOID
+    void = void if void.any() else None
+    frames = [p.stem for p in eval_paths]
+    scores = []
+    for k in object_ids:
+        gt_k = ((gt != 0) & (gt != VOID)) if single else gt == k
+        res_k = res == k
+        scores.append(ObjectScores(sequence, k, frames, np.atleast_1d(jaccard(gt_k, res_k, void)),
+                                   np.atleast_1d(boundary_f(gt_k, res_k, void))))
+    return scores
+
+
+def _evaluate_one(args: tuple) -> list[ObjectScores]:
+    return evaluate_sequence(*args)
+
+
+def _tables(scores: list[ObjectScores]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    j_stats = np.array([sequence_stats(o.j) for o in scores])  # (objects, 3): mean, recall, decay
+    f_stats = np.array([sequence_stats(o.f) for o in scores])
+    jm, jr, jd = j_stats.T
+    fm, fr, fd = f_stats.T
+    g = [(np.mean(jm) + np.mean(fm)) / 2.0, np.mean(jm), np.mean(jr), np.mean(jd),
+         np.mean(fm), np.mean(fr), np.mean(fd)]
+    global_df = pd.DataFrame([g], columns=GLOBAL_COLUMNS)
+    per_seq_df = pd.DataFrame({"Sequence": [s.name for s in scores], "J-Mean": jm, "F-Mean": fm},
+                              columns=SEQUENCE_COLUMNS)
+    return global_df, per_seq_df
+
+
+def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False, float_format="%.3f")  # the toolkit's format
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_davis(davis_root: str | os.PathLike, results_dir: str | os.PathLike,
+                   year: str = "2016", split: str = "val", out_dir: str | os.PathLike | None = None,
+                   sequences: Sequence[str] | None = None, resolution: str = "480p", *,
+                   resize_results: bool = False, workers: int = 1,
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate a result folder on a DAVIS split; return (global_df, per_seq_df).
+
+    ``global_df``: one row, columns :data:`GLOBAL_COLUMNS`; ``per_seq_df``: one row per object
+    (``<seq>_<id>``), columns :data:`SEQUENCE_COLUMNS`; full precision. With ``out_dir`` the two
+    tables are also written there as ``global_results.csv`` / ``per-sequence_results.csv``.
+    ``sequences`` restricts the split's list (names must belong to it). ``workers`` > 1 spreads
+    sequences over processes.
+    """
+    year = str(year)
+    if year not in YEARS:
+        raise ValueError(f"unsupported DAVIS year {year!r}; expected one of {YEARS}")
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"{results_dir}: results folder not found")
+    names = sequence_names(davis_root, year, split)
+    if sequences is not None:
+        unknown = [s for s in sequences if s not in names]
+        if unknown:
+            raise ValueError(f"{Path(davis_root) / 'ImageSets' / year / f'{split}.txt'}: "
+                             f"sequences {unknown} are not in DAVIS-{year} {split}")
+        names = [s for s in names if s in set(sequences)]
+    jobs = [(davis_root, results_dir, s, year, resolution, resize_results) for s in names]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            per_seq = list(pool.map(_evaluate_one, jobs))
+    else:
+        per_seq = [_evaluate_one(j) for j in jobs]
+    scores = [o for seq in per_seq for o in seq]
+    if not scores:
+        raise ValueError(f"{davis_root}: no objects to evaluate in DAVIS-{year} {split}")
+    global_df, per_seq_df = _tables(scores)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        _write_csv_atomic(global_df, out_dir / GLOBAL_CSV)
+        _write_csv_atomic(per_seq_df, out_dir / SEQUENCE_CSV)
+    return global_df, per_seq_df
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def print_tables(global_df: pd.DataFrame, per_seq_df: pd.DataFrame, split: str = "val",
+                 file=None) -> None:
+    """Print both tables the way the toolkit's evaluation script does (3 decimals)."""
+    file = file or sys.stdout
+    fmt = "{:.3f}".format
+    print(f"--------------------------- Global results for {split} ---------------------------",
+          file=file)
+    print(global_df.to_string(index=False, float_format=fmt), file=file)
+    print(f"\n---------- Per sequence results for {split} ----------", file=file)
+    print(per_seq_df.to_string(index=False, float_format=fmt), file=file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kmnlib.evaluate",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--davis", required=True, help="DAVIS root (holds ImageSets/, Annotations/)")
+    p.add_argument("--year", choices=YEARS, default="2016")
+    p.add_argument("--split", default="val")
+    p.add_argument("--results", required=True, help="folder of <sequence>/<frame>.png results")
+    p.add_argument("--out", default=None, help="folder for the two CSVs (default: --results)")
+    p.add_argument("--resolution", default="480p", help="ground-truth resolution folder")
+    p.add_argument("--sequences", nargs="+", default=None, help="evaluate only these sequences")
+    p.add_argument("--resize-results", action="store_true",
+                   help="nearest-neighbour upsample results whose size differs from the GT")
+    p.add_argument("--workers", type=int, default=1, help="processes over sequences")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        g, s = evaluate_davis(args.davis, args.results, args.year, args.split,
+                              out_dir=args.out or args.results, sequences=args.sequences,
+                              resolution=args.resolution, resize_results=args.resize_results,
+                              workers=args.workers)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_tables(g, s, args.split)
+    out = Path(args.out or args.results)
+    print(f"\nwrote {out / GLOBAL_CSV} and {out / SEQUENCE_CSV} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
