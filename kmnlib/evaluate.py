@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.files import atomic_write
 from kmnlib.metrics import boundary_f, jaccard, sequence_stats
 
 __all__ = [
@@ -169,16 +169,8 @@ def _tables(scores: list[ObjectScores]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False, float_format="%.3f")  # the toolkit's format
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The toolkit writes "%.3f".
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.3f"))
 
 
 def evaluate_davis(davis_root: str | os.PathLike, results_dir: str | os.PathLike,

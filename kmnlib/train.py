@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kmnlib.config import Profile, StageConfig, get_profile, results_root
+from kmnlib.files import atomic_write
 
 STAGES = ("pretrain", "main")
 VOID = 255
@@ -220,19 +221,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` with torch.save to a temp file beside ``path``, then ``os.replace`` it in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -347,9 +342,7 @@ def _rewrite_csv(path: Path, keep_until: int) -> None:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in rows)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()))
 
 
 def _log_row(step: int, losses: dict[str, float], lr: float, batch: dict[str, Any], clips_per_s: float,

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from kmnlib.files import atomic_write
 
 VOID = 255
 
@@ -71,13 +72,4 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray) -> None:
         raise ValueError(f"{path}: label ids must lie in 0..255")
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     im.putpalette(davis_palette())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        im.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
