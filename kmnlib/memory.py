@@ -1,34 +1,174 @@
 """The memory read: STM's (softmax over memory) and KMN's kernelized read (paper Eq. 3-5).
 
-Placeholder reference version; the chunked, numerically hardened version replaces it.
+For memory position ``p`` (over T·h·w) and query position ``q`` (over h·w), with
+``c(p,q) = k_M(p)·k_Q(q)`` and ``d`` key channels:
+
+* STM read (``sigma=None``): ``w(p,q) = softmax_p(c(p,q)/√d)``.
+* KMN read (``sigma=σ``): ``q̂(p) = argmax_q c(p,q)`` (memory-to-query matching),
+  ``g(p,q) = exp(-|q - q̂(p)|² / 2σ²)`` in feature-grid cells, and
+  ``w(p,q) ∝ exp(c(p,q)/√d)·g(p,q)`` normalised over ``p`` (query-to-memory matching).
+
+Both return ``Σ_p w(p,q)·v_M(p)``. The kernel is applied in log space (added to the logits), and the
+softmax over ``p`` is an *online* softmax over chunks of memory positions: each chunk holds every query
+position (so ``q̂`` of its memory positions is exact) and the running max / sum / weighted value sum are
+rescaled as chunks arrive. Peak memory is therefore ``O(B·Pc·HW + B·Cv·HW)`` for a chunk of ``Pc``
+memory positions chosen from a byte budget, not ``O(B·T·HW·HW)``; with everything inside the budget it
+is a single pass. All affinity/softmax arithmetic runs in float32 (float64 if the inputs are float64),
+also under autocast, so extreme keys cannot overflow to inf/NaN.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
+
+from kmnlib.config import InferenceConfig
+
+# Bytes of working memory per (batch, memory position, query position) element of a chunk: the
+# float32 logits plus headroom for the bmm's transient copies.
+_BYTES_PER_ELEMENT = 8
+
+
+def chunk_size(batch: int, n_query: int, n_memory: int, budget_bytes: int | None = None) -> int:
+    """Memory positions per chunk so that one chunk's logits stay within ``budget_bytes``.
+
+    ``budget_bytes=None`` takes ``InferenceConfig.read_budget_bytes``. At least 1, at most ``n_memory``.
+    """
+    if budget_bytes is None:
+        budget_bytes = InferenceConfig().read_budget_bytes
+    if budget_bytes <= 0:
+        raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+    per_position = max(1, batch * n_query * _BYTES_PER_ELEMENT)
+    return max(1, min(n_memory, budget_bytes // per_position))
+
+
+def _check_sigma(sigma: float | None) -> None:
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive finite number or None, got {sigma!r}")
+
+
+def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    # float32 unless the caller explicitly works in float64 (reference tests).
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
+                  query_hw: tuple[int, int]) -> torch.Tensor:
+    """Logits (B,Pc,Q) = c/√d (+ log Gaussian kernel around q̂(p)) for one memory chunk.
+
+    mk (B,Ck,Pc) and qk (B,Ck,Q) in the working dtype, qk already scaled by 1/√d (saves a pass over
+    the logits; the positive scale does not move the arg-max).
+    """
+    c = torch.bmm(mk.transpose(1, 2), qk)                        # B,Pc,Q
+    inplace = not (torch.is_grad_enabled() and c.requires_grad)  # in-place only when autograd is off
+    if sigma is None:
+        return c
+    hq, wq = query_hw
+    qhat = c.argmax(dim=2)                                       # B,Pc; exact: the chunk holds all q
+    qhat_y = torch.div(qhat, wq, rounding_mode="floor").to(c.dtype)
+    qhat_x = (qhat % wq).to(c.dtype)
+    inv = 1.0 / (2.0 * sigma * sigma)
+    # The 2-D squared distance separates into a y term and an x term; broadcasting them avoids ever
+    # materialising a (Pc,Q) distance tensor next to the logits.
+    ys = torch.arange(hq, device=c.device, dtype=c.dtype)
+    xs = torch.arange(wq, device=c.device, dtype=c.dtype)
+    log_gy = -(ys - qhat_y[..., None]).square_() * inv           # B,Pc,hq
+    log_gx = -(xs - qhat_x[..., None]).square_() * inv           # B,Pc,wq
+    b, pc, _ = c.shape
+    if inplace:
+        c.view(b, pc, hq, wq).add_(log_gy[..., None]).add_(log_gx[..., None, :])
+        return c
+    return c.view(b, pc, hq, wq).add(log_gy[..., None]).add(log_gx[..., None, :]).view(b, pc, -1)
 
 
 def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,
-                sigma: float | None = None) -> torch.Tensor:
-    """Read memory values for every query position.
+                sigma: float | None = None, budget_bytes: int | None = None) -> torch.Tensor:
+    """Read memory values for every query position (STM read or KMN kernelized read).
 
-    mem_key (B,Ck,T,h,w), mem_value (B,Cv,T,h,w), query_key (B,Ck,h,w) → (B,Cv,h,w).
-    ``sigma=None`` is STM's read; a float applies KMN's query-to-memory Gaussian kernel.
+    mem_key (B,Ck,T,h,w), mem_value (B,Cv,T,h,w), query_key (B,Ck,hq,wq) → readout (B,Cv,hq,wq) in
+    ``mem_value``'s dtype. ``sigma=None`` is STM's read; a float σ (feature cells) applies KMN's
+    Gaussian kernel (paper Eq. 3-5). ``budget_bytes`` bounds one chunk's logits (default
+    ``InferenceConfig.read_budget_bytes``); results do not depend on it beyond float rounding.
     """
+    _check_sigma(sigma)
+    if mem_key.dim() != 5 or mem_value.dim() != 5 or query_key.dim() != 4:
+        raise ValueError("memory_read expects mem_key (B,Ck,T,h,w), mem_value (B,Cv,T,h,w), "
+                         f"query_key (B,Ck,h,w); got {tuple(mem_key.shape)}, "
+                         f"{tuple(mem_value.shape)}, {tuple(query_key.shape)}")
     b, ck, t, h, w = mem_key.shape
-    mk = mem_key.flatten(2).float()                      # B,Ck,THW
-    qk = query_key.flatten(2).float()                    # B,Ck,HW
-    c = torch.einsum("bcp,bcq->bpq", mk, qk)             # B,THW,HW
-    logits = c / math.sqrt(ck)
-    if sigma is not None:
-        qhat = c.argmax(dim=2)                           # B,THW: best query position per memory p
-        ys = torch.arange(h, device=c.device).repeat_interleave(w).float()
-        xs = torch.arange(w, device=c.device).repeat(h).float()
-        dy = ys[None, None, :] - ys[qhat][..., None]
-        dx = xs[None, None, :] - xs[qhat][..., None]
-        logits = logits - (dy * dy + dx * dx) / (2.0 * sigma * sigma)
-    weights = F.softmax(logits, dim=1)                   # normalised over memory positions p
-    read = torch.einsum("bvp,bpq->bvq", mem_value.flatten(2).float(), weights)
-    return read.view(b, -1, h, w).to(mem_value.dtype)
+    if mem_value.shape[0] != b or mem_value.shape[2:] != mem_key.shape[2:]:
+        raise ValueError(f"mem_value {tuple(mem_value.shape)} does not match mem_key {tuple(mem_key.shape)}")
+    if query_key.shape[:2] != (b, ck):
+        raise ValueError(f"query_key {tuple(query_key.shape)} does not match mem_key {tuple(mem_key.shape)}")
+    hq, wq = query_key.shape[2:]
+    cv = mem_value.shape[1]
+    n_mem, n_q = t * h * w, hq * wq
+    dtype = _work_dtype(mem_key, mem_value, query_key)
+    with torch.autocast(mem_key.device.type, enabled=False):
+        mk = mem_key.reshape(b, ck, n_mem).to(dtype)
+        mv = mem_value.reshape(b, cv, n_mem).to(dtype)
+        qk = query_key.reshape(b, ck, n_q).to(dtype) * (1.0 / math.sqrt(ck))
+        step = chunk_size(b, n_q, n_mem, budget_bytes)
+        run_max = run_sum = acc = None
+        for start in range(0, n_mem, step):
+            stop = min(n_mem, start + step)
+            logits = _chunk_logits(mk[:, :, start:stop], qk, sigma, (hq, wq))   # B,Pc,Q
+            chunk_max = logits.amax(dim=1)                                    # B,Q
+            if run_max is None:
+                new_max = chunk_max
+            else:
+                new_max = torch.maximum(run_max, chunk_max)
+            if torch.is_grad_enabled() and logits.requires_grad:
+                e = torch.exp(logits - new_max[:, None, :])
+            else:
+                e = logits.sub_(new_max[:, None, :]).exp_()
+            part_sum = e.sum(dim=1)                                           # B,Q
+            part_acc = torch.bmm(mv[:, :, start:stop], e)                     # B,Cv,Q
+            if run_max is None:
+                run_sum, acc = part_sum, part_acc
+            else:
+                # Rescale what was accumulated under the old max; exp(≤0) never overflows.
+                decay = torch.exp(run_max - new_max)
+                run_sum = run_sum * decay + part_sum
+                acc = acc * decay[:, None, :] + part_acc
+            run_max = new_max
+        # run_sum ≥ 1: the arg-max position contributes exp(0) in its chunk.
+        read = acc / run_sum[:, None, :]
+    return read.reshape(b, cv, hq, wq).to(mem_value.dtype)
+
+
+def read_weights(mem_key: torch.Tensor, query_key: torch.Tensor, query_yx: tuple[int, int],
+                 sigma: float | None = None, *, budget_bytes: int | None = None) -> torch.Tensor:
+    """Weights over memory (T,h,w) that the read gives one query position ``query_yx = (y, x)``.
+
+    mem_key (Ck,T,h,w) or (1,Ck,T,h,w); query_key (Ck,hq,wq) or (1,Ck,hq,wq); ``sigma`` as in
+    :func:`memory_read`. The map sums to 1 — the paper's Fig. 1-style picture of where a query looks.
+    """
+    _check_sigma(sigma)
+    if mem_key.dim() == 5:
+        if mem_key.shape[0] != 1:
+            raise ValueError(f"read_weights takes one memory, got batch {mem_key.shape[0]}")
+        mem_key = mem_key[0]
+    if query_key.dim() == 4:
+        if query_key.shape[0] != 1:
+            raise ValueError(f"read_weights takes one query, got batch {query_key.shape[0]}")
+        query_key = query_key[0]
+    if mem_key.dim() != 4 or query_key.dim() != 3 or mem_key.shape[0] != query_key.shape[0]:
+        raise ValueError(f"read_weights expects mem_key (Ck,T,h,w), query_key (Ck,h,w); got "
+                         f"{tuple(mem_key.shape)}, {tuple(query_key.shape)}")
+    ck, t, h, w = mem_key.shape
+    hq, wq = query_key.shape[1:]
+    y, x = query_yx
+    if not (0 <= y < hq and 0 <= x < wq):
+        raise ValueError(f"query position {(y, x)} outside the query grid {(hq, wq)}")
+    dtype = _work_dtype(mem_key, query_key)
+    with torch.autocast(mem_key.device.type, enabled=False), torch.no_grad():
+        mk = mem_key.reshape(1, ck, -1).to(dtype)
+        qk = query_key.reshape(1, ck, -1).to(dtype) * (1.0 / math.sqrt(ck))
+        n_mem = mk.shape[2]
+        step = chunk_size(1, hq * wq, n_mem, budget_bytes)
+        # Logits of every memory position for this one query (the kernel needs all q for q̂).
+        logit = torch.cat([_chunk_logits(mk[:, :, s:s + step], qk, sigma, (hq, wq))[0, :, y * wq + x]
+                           for s in range(0, n_mem, step)])
+        weights = torch.softmax(logit, dim=0)
+    return weights.view(t, h, w)

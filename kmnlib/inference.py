@@ -1,0 +1,227 @@
+"""Video inference: STM's DAVIS memory schedule with STM's or KMN's memory read.
+
+The procedure follows the official STM evaluation (``Run_video`` of github.com/seoungwugoh/STM
+``eval_DAVIS.py``): frame 0 is memorised with its given mask; before segmenting frame ``t`` the
+previous frame ``t-1`` is memorised with its own soft prediction; frames 0, ``mem_every``,
+``2·mem_every``, … stay in memory for good, other previous frames only for the next step. Each
+memorised frame is encoded once. Objects are a batch; their foreground probabilities are merged by
+STM's soft aggregation.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kmnlib.data.masks import VOID, write_label_map
+from kmnlib.data.video import frames_to_tensor
+from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
+
+
+def memory_schedule(num_frames: int, mem_every: int = 5) -> list[list[int]]:
+    """For each frame ``t``, the frame indices in memory when ``t`` is segmented (``[]`` for t=0).
+
+    ``schedule[t] = [k for k in 0, mem_every, 2·mem_every, … if k < t-1] + [t-1]`` — the permanent
+    frames memorised so far plus the previous frame, exactly as official STM's ``Run_video``.
+    """
+    if num_frames < 1:
+        raise ValueError(f"memory_schedule: need at least one frame, got {num_frames}")
+    if mem_every < 1:
+        raise ValueError(f"memory_schedule: mem_every must be >= 1, got {mem_every}")
+    out: list[list[int]] = [[]]
+    for t in range(1, num_frames):
+        out.append(list(range(0, t - 1, mem_every)) + [t - 1])
+    return out
+
+
+def _check_first_mask(first_mask: Any, size: tuple[int, int]) -> torch.Tensor:
+    """Validate the first-frame label map; return it as a long tensor (H,W) with ids 0..N."""
+    if isinstance(first_mask, np.ndarray):
+        if not np.issubdtype(first_mask.dtype, np.integer):
+            raise ValueError(f"segment_video: first_mask must hold integer ids, got dtype {first_mask.dtype}")
+        first_mask = torch.from_numpy(first_mask.astype(np.int64))
+    elif isinstance(first_mask, torch.Tensor):
+        if first_mask.is_floating_point() or first_mask.is_complex() or first_mask.dtype == torch.bool:
+            raise ValueError(f"segment_video: first_mask must hold integer ids, got dtype {first_mask.dtype}")
+        first_mask = first_mask.to(torch.long)
+    else:
+        raise TypeError(f"segment_video: first_mask must be a torch tensor or numpy array, "
+                        f"got {type(first_mask).__name__}")
+    if tuple(first_mask.shape) != tuple(size):
+        raise ValueError(f"segment_video: first_mask shape {tuple(first_mask.shape)} differs from "
+                         f"the frame size {tuple(size)}")
+    ids = sorted(int(i) for i in torch.unique(first_mask))
+    objects = [i for i in ids if i != 0]
+    if not objects:
+        raise ValueError("segment_video: first_mask holds no object (only id 0)")
+    if objects != list(range(1, len(objects) + 1)):
+        raise ValueError(f"segment_video: first_mask object ids must be 1..N without gaps, got {objects}"
+                         + (" (255 = void: map it to 0 first)" if VOID in objects else ""))
+    return first_mask.cpu()
+
+
+def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N+1,H,W) probabilities → per-object mask (N,H,W) and union of the other objects (N,H,W)."""
+    fg = probs[1:]
+    # Σ_{o'≠o, o'≥1} p_o' = (Σ_all objects) − p_o, clamped as the official memorize does.
+    other = (fg.sum(dim=0, keepdim=True) - fg).clamp_(0.0, 1.0)
+    return fg, other
+
+
+def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any, *,
+                  sigma: float | None = 7.0, mem_every: int = 5,
+                  trace: list[tuple[int, list[int]]] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment a video from its first-frame mask (semi-supervised VOS).
+
+    ``frames``: float (T,3,H,W) in [0,1] (any H, W: padded to multiples of 16 inside, centred, and
+    cropped back). ``first_mask``: integer label map (H,W) (torch or numpy), ids 0..N with objects
+    1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells).
+    Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
+    given mask one-hot) and uint8 label maps (T,H,W). If ``trace`` is a list, ``(t, frames in
+    memory)`` is appended for every segmented frame — what was actually read, for inspection.
+    """
+    if not isinstance(frames, torch.Tensor) or not frames.is_floating_point() or frames.dim() != 4 \
+            or frames.shape[1] != 3 or frames.shape[0] < 1:
+        raise ValueError("segment_video: frames must be a float tensor (T,3,H,W) with T >= 1, got "
+                         + (f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor)
+                            else type(frames).__name__))
+    if frames.numel() and (frames.min() < 0 or frames.max() > 1):
+        raise ValueError("segment_video: frames must lie in [0,1] (normalisation happens inside the model)")
+    num_frames, _, height, width = frames.shape
+    labels0 = _check_first_mask(first_mask, (height, width))
+    n_obj = int(labels0.max())
+    schedule = memory_schedule(num_frames, mem_every)
+    # Last step at which each frame is read; a memorised frame is dropped after it.
+    last_use: dict[int, int] = {}
+    for t, mem in enumerate(schedule):
+        for f in mem:
+            last_use[f] = t
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    probs = torch.zeros(num_frames, n_obj + 1, height, width, dtype=torch.float32)
+    probs[0] = F.one_hot(labels0, n_obj + 1).permute(2, 0, 1).float()
+    try:
+        with torch.inference_mode():
+            keys = values = None            # (N,Ck,S,h,w) slot buffers, allocated at first use
+            slot_of: dict[int, int] = {}    # memorised frame → slot in the buffers
+            frame_in_slot: dict[int, int] = {}  # slot → frame whose key/value it holds
+            free: list[int] = []
+            n_slots = max(len(m) for m in schedule)
+            for t in range(1, num_frames):
+                for f in schedule[t]:
+                    if f in slot_of:
+                        continue
+                    # Encoded once, with the frame's own soft prediction (the given mask for frame 0).
+                    frame_p, pad = pad_divide_by(frames[f].to(device))
+                    mask, other = _memory_masks(probs[f].to(device))
+                    mask_p, _ = pad_divide_by(mask)
+                    other_p, _ = pad_divide_by(other)
+                    k, v = model.encode_memory(frame_p.expand(n_obj, -1, -1, -1), mask_p, other_p)
+                    if keys is None:
+                        keys = k.new_empty(n_obj, k.shape[1], n_slots, *k.shape[2:])
+                        values = v.new_empty(n_obj, v.shape[1], n_slots, *v.shape[2:])
+                        free = list(range(n_slots))
+                    slot = min(free)
+                    free.remove(slot)
+                    keys[:, :, slot], values[:, :, slot] = k, v
+                    slot_of[f] = slot
+                    frame_in_slot[slot] = f
+                slots = [slot_of[f] for f in schedule[t]]
+                if slots == list(range(slots[0], slots[0] + len(slots))):
+                    mem_k = keys[:, :, slots[0]:slots[0] + len(slots)]   # a view, no copy
+                    mem_v = values[:, :, slots[0]:slots[0] + len(slots)]
+                else:
+                    idx = torch.tensor(slots, device=keys.device)
+                    mem_k, mem_v = keys.index_select(2, idx), values.index_select(2, idx)
+                if trace is not None:
+                    trace.append((t, sorted(frame_in_slot[s] for s in slots)))
+                frame_p, pad = pad_divide_by(frames[t].to(device))
+                qk, qv, f8, f4 = model.encode_query(frame_p[None])
+                fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma)   # N,Hp,Wp
+                merged = torch.softmax(soft_aggregate(fg), dim=0)
+                probs[t] = unpad(merged, pad).float().cpu()
+                for f in schedule[t]:
+                    if last_use[f] == t:
+                        free.append(slot_of.pop(f))
+    finally:
+        model.train(was_training)
+    labels = probs.argmax(dim=1).to(torch.uint8)
+    return probs, labels
+
+
+def _resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (T,C,H,W) probabilities, frame by frame (bounded memory)."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    out = torch.empty(probs.shape[0], probs.shape[1], *size, dtype=probs.dtype)
+    for t in range(probs.shape[0]):
+        out[t] = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
+    return out
+
+
+def run_dataset(model: torch.nn.Module, dataset: Iterable[Any], out_dir: str | os.PathLike, *,
+                sigma: float | None = 7.0, mem_every: int = 5,
+                resolution_out: tuple[int, int] | str | None = None,
+                infer_height: int | None = None, sequences: Sequence[str] | None = None,
+                device: str | torch.device = "cpu") -> dict[str, float]:
+    """Segment every sequence of ``dataset`` and write ``out_dir/<seq>/<frame>.png`` label maps.
+
+    ``dataset`` is DAVISDataset-like (iterable of :class:`~kmnlib.data.video.VideoSequence`);
+    ``sequences`` restricts it to those names. The first-frame annotation gives the objects; their
+    ids are mapped to 1..N for the model and back to the dataset's ids in the PNGs (void 255 in the
+    first mask counts as background). ``infer_height`` downsizes frames (bilinear, antialiased;
+    first mask nearest) to that height, keeping the aspect ratio. ``resolution_out``: None writes at
+    the inference size, ``"gt"`` at the sequence's stored size, ``(H, W)`` at that size; resizing is
+    bilinear on the probabilities followed by argmax (never nearest on labels). The model is moved
+    to ``device``. Returns seconds per frame of ``segment_video`` (reading/writing excluded), by name.
+    """
+    out_dir = Path(out_dir)
+    model.to(device)
+    wanted = set(sequences) if sequences is not None else None
+    timings: dict[str, float] = {}
+    for seq in dataset:
+        if wanted is not None and seq.name not in wanted:
+            continue
+        frames = frames_to_tensor(seq.load_frames())
+        first = torch.from_numpy(seq.load_mask(0).astype(np.int64))
+        first[first == VOID] = 0
+        ids = [int(i) for i in torch.unique(first) if int(i) != 0]
+        if not ids:
+            raise ValueError(f"{seq.mask_paths[0]}: first-frame annotation holds no object")
+        lut = torch.zeros(int(first.max()) + 1, dtype=torch.long)
+        lut[torch.tensor(ids)] = torch.arange(1, len(ids) + 1)
+        first = lut[first]
+        if infer_height is not None and infer_height != frames.shape[-2]:
+            h = int(infer_height)
+            w = max(1, round(frames.shape[-1] * h / frames.shape[-2]))
+            frames = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False,
+                                   antialias=True).clamp_(0.0, 1.0)
+            first = F.interpolate(first[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+            if int(first.max()) < len(ids):
+                raise ValueError(f"{seq.mask_paths[0]}: an object vanishes when the first mask is "
+                                 f"resized to {h}x{w}; use a larger infer_height")
+        start = time.perf_counter()
+        probs, labels = segment_video(model, frames, first, sigma=sigma, mem_every=mem_every)
+        timings[seq.name] = (time.perf_counter() - start) / len(frames)
+        if resolution_out is not None:
+            size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
+            if len(size) != 2:
+                raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), got {resolution_out!r}")
+            if size != tuple(labels.shape[-2:]):
+                labels = _resize_probs(probs, size).argmax(dim=1)
+        back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids
+        out_labels = back[labels.long()].numpy()
+        for i, path in enumerate(seq.frame_paths):
+            write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", out_labels[i])
+    if wanted is not None and (missing := wanted - set(timings)):
+        raise KeyError(f"run_dataset: sequences not in the dataset: {sorted(missing)}")
+    return timings
