@@ -162,24 +162,6 @@ MINI = Profile(
     # two arms of a stage (HaS / no HaS) can train side by side, one core each.
     # lr above the paper's 1e-5: a few hundred iterations from ImageNet weights, not 10^5.
     # num_workers=0: clip synthesis costs 0.03-0.06 s/iter, less than a worker process costs on 2 cores.
-    pretrain=StageConfig(iterations=300_000, batch_size=4, crop_size=384, has_grid=24,
-                         num_workers=8, log_every=50, checkpoint_every=5000),
-    main=StageConfig(iterations=150_000, batch_size=4, crop_size=384, gap_start=0, gap_end=25,
-                     num_workers=8, log_every=50, checkpoint_every=5000),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="480p"),
-    static_sets=("MSRA10K", "ECSSD", "DUTS", "PASCAL-S", "PASCAL-VOC", "COCO"),
-    video_sets=("DAVIS-2017:train", "YouTube-VOS:train"),
-    eval_sets=("DAVIS-2016:val", "DAVIS-2017:val"),
-)
-
-MINI = Profile(
-    name="mini",
-    model=ModelConfig(backbone="efficientnet_lite0", key_dim=64, value_dim=128, decoder_dim=64),
-    # A HaS cell stays one key-feature cell: 192 px / 16 = 12 cells per side.
-    # Iterations sized to ~7.5 min per stage from benchmarks/bench_train.py on the shared 2-core
-    # CPU (1 torch thread, load ~3.5): pretrain 1.50 s/iter (1.7 objects/clip), main 1.10 s/iter
-    # → 300 × 1.5 s ≈ 7.5 min, 400 × 1.1 s ≈ 7.3 min (see benchmarks/README.md, "Training").
-    # num_workers=0: clip synthesis costs 0.03-0.06 s/iter, less than a worker process costs on 2 cores.
     pretrain=StageConfig(iterations=600, batch_size=4, lr=1e-4, crop_size=192, has_grid=12,
                          num_workers=0, log_every=10, checkpoint_every=50),
     main=StageConfig(iterations=600, batch_size=4, lr=5e-5, crop_size=192, gap_start=0,
