@@ -231,6 +231,32 @@ def evaluate_checkpoint(study: Study, checkpoint: Path, model_tag: str, *, sigma
             "s_per_frame": float(timing["s_per_frame"].mean()), "cached": False, **about}
 
 
+def _evaluate_job(study: Study, job: tuple[Path, str, float | None], threads: int | None = None) -> str:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # one core per worker: two workers fill the 2-core CPU
+    return evaluate_checkpoint(study, Path(job[0]), job[1], sigma=job[2], force=study.force)["run"]
+
+
+def evaluate_many(study: Study, jobs: Sequence[tuple[Path, str, float | None]], *,
+                  workers: int = 1) -> list[str]:
+    """Run several :func:`evaluate_checkpoint` jobs ``(checkpoint, model_tag, sigma)`` up front.
+
+    With ``workers > 1`` they run in that many processes (one torch thread each); results land in
+    the same cached folders, so the notebook's later ``evaluate_checkpoint`` calls read them back.
+    Their s/frame is then measured with the workers sharing the CPU. ``study.force`` recomputes.
+    """
+    if workers <= 1:
+        return [_evaluate_job(study, job) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked Jupyter kernel with torch threads running is not safe to continue in.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_evaluate_job, [study] * len(jobs), list(jobs), [1] * len(jobs)))
+
+
 def run_dataset(*args: Any, **kw: Any) -> dict[str, float]:
     """:func:`kmnlib.inference.run_dataset` (imported late: it pulls in torch)."""
     from kmnlib.inference import run_dataset as _run
