@@ -168,6 +168,15 @@ def training_log(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".csv")
 
 
+def archive_training_logs(study: Study, checkpoints: dict[str, Path]) -> list[Path]:
+    """Copy each run's per-iteration CSV log to ``out_dir/training/`` (checkpoints are not committed)."""
+    out = []
+    for ckpt in checkpoints.values():
+        log = training_log(Path(ckpt))
+        out.append(save_csv(pd.read_csv(log), study.out_dir / "training" / log.name))
+    return out
+
+
 def _fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

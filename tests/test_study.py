@@ -123,6 +123,8 @@ def test_every_notebook_runs_and_writes_its_outputs(smoke_run: Path, davis_root:
                 "03_overlays_best_worst", "04_sigma_curve", "05_loss_map_0_hidden",
                 "06_fig1_read_weights"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    for log in ("pretrain.csv", "pretrain_nohas.csv", "main_from_pretrain.csv"):
+        assert len(pd.read_csv(out / "training" / log)) == 4, log  # one row per iteration
     env = _outputs_text(out / "notebooks" / "01_pretrain_static.ipynb")
     assert repr(sys.executable) in env  # environment_summary printed by the venv kernel
     # Result masks: one PNG per frame of every smoke sequence, at the stored (480p) size.
