@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from kmnlib.config import data_root
 from kmnlib.data.masks import VOID, read_label_map
-from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoSequence, check_mask_size,
+from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoDataset, VideoSequence, check_mask_size,
                                check_object_count, list_frames_and_masks)
 
 YEARS = ("2016", "2017")
 
 
-class DAVISDataset:
+class DAVISDataset(VideoDataset):
     """Sequences of one DAVIS split; ``ds[i]`` or ``ds["name"]`` gives a lazy ``VideoSequence``."""
 
     def __init__(self, root: str | os.PathLike | None = None, year: str | int = "2016",
@@ -62,26 +61,12 @@ class DAVISDataset:
         raise FileNotFoundError(f"{folder}: sequence folder missing (listed in ImageSets/"
                                 f"{self.year}/{self.split}.txt){hint}")
 
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[VideoSequence]:
-        return (self[n] for n in self.names)
-
     def __repr__(self) -> str:
         return (f"DAVISDataset({str(self.root)!r}, year={self.year!r}, split={self.split!r}, "
                 f"resolution={self.resolution!r}, sequences={len(self)})")
 
-    def __getitem__(self, key: int | str) -> VideoSequence:
-        if isinstance(key, str):
-            if key not in self.names:
-                raise KeyError(f"{key!r} is not a sequence of DAVIS {self.year} {self.split}")
-            name = key
-        else:
-            name = self.names[key]
-        if name not in self._cache:
-            self._cache[name] = self._load_sequence(name)
-        return self._cache[name]
+    def _unknown(self, key: str) -> str:
+        return f"{key!r} is not a sequence of DAVIS {self.year} {self.split}"
 
     def _load_sequence(self, name: str) -> VideoSequence:
         frame_dir = self.root / "JPEGImages" / self.resolution / name

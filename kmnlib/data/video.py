@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -200,3 +200,34 @@ def check_mask_size(mask_path: Path, frame_path: Path) -> tuple[int, int]:
         raise ValueError(f"{mask_path}: mask size {msize[0]}x{msize[1]} differs from the frame "
                          f"size {size[0]}x{size[1]} of {frame_path}")
     return size
+
+
+class VideoDataset:
+    """Shared indexing of the video readers: ``names``, ``len()``, iteration, and ``ds[i]`` or
+    ``ds["name"]`` returning a cached lazy :class:`VideoSequence` built by ``_load_sequence``."""
+
+    names: list[str]
+    _cache: dict[str, VideoSequence]
+
+    def _load_sequence(self, name: str) -> VideoSequence:
+        raise NotImplementedError
+
+    def _unknown(self, key: str) -> str:
+        return f"{key!r} is not a sequence of {self!r}"
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[VideoSequence]:
+        return (self[n] for n in self.names)
+
+    def __getitem__(self, key: int | str) -> VideoSequence:
+        if isinstance(key, str):
+            if key not in self.names:
+                raise KeyError(self._unknown(key))
+            name = key
+        else:
+            name = self.names[key]
+        if name not in self._cache:
+            self._cache[name] = self._load_sequence(name)
+        return self._cache[name]

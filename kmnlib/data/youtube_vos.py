@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from kmnlib.config import data_root
 from kmnlib.data.masks import read_label_map
-from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoSequence, check_mask_size,
+from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoDataset, VideoSequence, check_mask_size,
                                frame_sort_key, list_frames_and_masks)
 
 
-class YouTubeVOSDataset:
+class YouTubeVOSDataset(VideoDataset):
     """Videos of one YouTube-VOS split; ``ds[i]`` or ``ds["vid"]`` gives a lazy ``VideoSequence``.
 
     ``strict`` (default) also reads each object's first annotation to check the object is there.
@@ -55,25 +55,11 @@ class YouTubeVOSDataset:
                 raise FileNotFoundError(f"{folder}: video folder missing (listed in {self.meta_path})")
         self._cache: dict[str, VideoSequence] = {}
 
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[VideoSequence]:
-        return (self[n] for n in self.names)
-
     def __repr__(self) -> str:
         return f"YouTubeVOSDataset({str(self.root)!r}, split={self.split!r}, videos={len(self)})"
 
-    def __getitem__(self, key: int | str) -> VideoSequence:
-        if isinstance(key, str):
-            if key not in self._videos:
-                raise KeyError(f"{key!r} is not a video of {self.meta_path}")
-            name = key
-        else:
-            name = self.names[key]
-        if name not in self._cache:
-            self._cache[name] = self._load_sequence(name)
-        return self._cache[name]
+    def _unknown(self, key: str) -> str:
+        return f"{key!r} is not a video of {self.meta_path}"
 
     def _load_sequence(self, name: str) -> VideoSequence:
         frame_dir = self.split_dir / "JPEGImages" / name
