@@ -142,7 +142,8 @@ PAPER = Profile(
     name="paper",
     model=ModelConfig(backbone="resnet50", key_dim=128, value_dim=512, decoder_dim=256),
     # STM/KMN practice: pre-training on static images, then main training on DAVIS 2017 +
-    # YouTube-VOS. Iteration counts follow public STM re-implementations (batch 4).
+    # YouTube-VOS. Iteration counts: the order of magnitude of public STM re-implementations
+    # (batch 4); the KMN paper does not state them, and they have not been run here (no GPU).
     pretrain=StageConfig(iterations=300_000, batch_size=4, crop_size=384, has_grid=24,
                          num_workers=8, log_every=50, checkpoint_every=5000),
     main=StageConfig(iterations=150_000, batch_size=4, crop_size=384, gap_start=0, gap_end=25,
