@@ -196,8 +196,8 @@ def run_name(model_tag: str, sigma: float | None) -> str:
 
 
 def save_csv(df: pd.DataFrame, path: str | os.PathLike, *, index: bool = False) -> Path:
-    """Write a table as CSV atomically; returns the path."""
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=index))
+    """Write a table as CSV atomically (floats to 6 significant digits); returns the path."""
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=index, float_format="%.6g"))
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
