@@ -154,17 +154,37 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                         free.append(slot_of.pop(f))
     finally:
         model.train(was_training)
-    labels = probs.argmax(dim=1).to(torch.uint8)
-    return probs, labels
+    return probs, labels_from_probs(probs)
 
 
-def _resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (T,C,H,W) probabilities, frame by frame (bounded memory)."""
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    out = torch.empty(probs.shape[0], probs.shape[1], *size, dtype=probs.dtype)
+def labels_from_probs(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(dim=-3)`` as uint8 label maps: (…,C,H,W) → (…,H,W), ties to the lower id.
+
+    A running strict ``>`` over the few channels gives argmax's first-maximum rule; torch's argmax
+    along a short, strided channel axis is ~70x slower on CPU (2.8 s for a 75-frame 480p video),
+    which made it a third of a DAVIS evaluation's time.
+    """
+    if probs.dim() < 3 or probs.shape[-3] > 256:
+        raise ValueError(f"labels_from_probs: expected (...,C,H,W) with C <= 256, got {tuple(probs.shape)}")
+    best = probs.select(-3, 0).clone()
+    labels = torch.zeros(best.shape, dtype=torch.uint8)
+    for c in range(1, probs.shape[-3]):
+        channel = probs.select(-3, c)
+        wins = channel > best
+        labels[wins] = c
+        best = torch.maximum(best, channel)
+    return labels
+
+
+def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label maps (T,H',W') of (T,C,H,W) probabilities resized bilinearly to ``size`` = (H',W').
+
+    Frame by frame, so memory stays that of one upsampled frame.
+    """
+    out = torch.empty(probs.shape[0], *size, dtype=torch.uint8)
     for t in range(probs.shape[0]):
-        out[t] = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
+        out[t] = labels_from_probs(up)
     return out
 
 
@@ -217,7 +237,7 @@ def run_dataset(model: torch.nn.Module, dataset: Iterable[Any], out_dir: str | o
             if len(size) != 2:
                 raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), got {resolution_out!r}")
             if size != tuple(labels.shape[-2:]):
-                labels = _resize_probs(probs, size).argmax(dim=1)
+                labels = _resized_labels(probs, size)
         back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids
         out_labels = back[labels.long()].numpy()
         for i, path in enumerate(seq.frame_paths):

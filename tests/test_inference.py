@@ -20,7 +20,7 @@ from kmnlib.config import TEST, data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.masks import read_label_map
 from kmnlib.data.video import VideoSequence, frames_to_tensor
-from kmnlib.inference import memory_schedule, run_dataset, segment_video
+from kmnlib.inference import labels_from_probs, memory_schedule, run_dataset, segment_video
 from kmnlib.model.network import KMN
 from kmnlib.model.stm_checkpoint import load_stm_checkpoint, stm_model_config, to_stm_state_dict
 
@@ -283,3 +283,16 @@ def test_run_dataset_writes_pngs(lite_model, tmp_path):
     assert set(np.unique(read_label_map(written[-1])).tolist()) <= {0, 1}
     with pytest.raises(KeyError, match="nope"):
         run_dataset(lite_model, [seq], tmp_path / "x", sequences=["nope"])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 11])
+def test_labels_from_probs_is_argmax(channels):
+    # Values on a coarse grid so that ties are frequent: argmax keeps the first maximum.
+    g = torch.Generator().manual_seed(channels)
+    probs = torch.randint(0, 4, (3, channels, 17, 23), generator=g).float() / 3
+    labels = labels_from_probs(probs)
+    assert labels.dtype == torch.uint8 and labels.shape == (3, 17, 23)
+    assert torch.equal(labels.long(), probs.argmax(dim=1))
+    assert torch.equal(labels_from_probs(probs[0]).long(), probs[0].argmax(dim=0))
+    with pytest.raises(ValueError, match="C,H,W"):
+        labels_from_probs(probs[0, 0])
