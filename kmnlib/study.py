@@ -163,6 +163,41 @@ def main_trained(study: Study, hide: bool, *, force: bool | None = None) -> Path
                        force=bool(force), progress=study.progress)
 
 
+ARMS: dict[str, bool] = {"HaS": True, "no HaS": False}  # arm label → Hide-and-Seek pre-training
+
+
+def _train_job(study: Study, stage: str, hide: bool, threads: int | None = None) -> Path:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if stage == "pretrain":
+        return pretrained(study, hide, force=study.force)
+    return main_trained(study, hide, force=study.force)
+
+
+def train_arms(study: Study, stage: str, *, workers: int = 1) -> dict[str, Path]:
+    """Checkpoints of both arms (:data:`ARMS`) after ``stage`` ("pretrain" or "main"), trained if missing.
+
+    With ``workers > 1`` the arms train side by side in that many processes, one torch thread each:
+    on a 2-core CPU two single-threaded runs finish sooner than the same runs one after the other
+    with two threads (benchmarks/README.md). Each run is the same as the sequential one (same seed,
+    data order and checkpoints); ``study.force`` retrains the stage.
+    """
+    if stage not in ("pretrain", "main"):
+        raise ValueError(f"train_arms: stage must be 'pretrain' or 'main', got {stage!r}")
+    if workers <= 1:
+        return {label: _train_job(study, stage, hide) for label, hide in ARMS.items()}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, as in evaluate_many: never fork a Jupyter kernel whose torch threads are running.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        paths = pool.map(_train_job, [study] * len(ARMS), [stage] * len(ARMS), list(ARMS.values()),
+                         [1] * len(ARMS))
+        return dict(zip(ARMS, paths))
+
+
 def training_log(checkpoint: Path) -> Path:
     """The per-iteration CSV log written next to a checkpoint by :func:`kmnlib.train.train_stage`."""
     return checkpoint.with_suffix(".csv")

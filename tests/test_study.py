@@ -90,6 +90,36 @@ def test_open_study_checks_its_parameters(tmp_path, davis_root) -> None:
     assert "3+3 it" in s.protocol("main") and "120p" in s.protocol("main")
 
 
+def test_train_arms_side_by_side_equals_one_after_the_other(tmp_path, davis_root, static_root
+                                                            ) -> None:
+    import torch
+
+    from kmnlib.train import load_checkpoint
+
+    if davis_root.parent != static_root.parent:
+        pytest.skip("DAVIS-2016 and static sets must share one data root")
+    runs = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting, so the two runs compute identically
+    try:
+        for workers in (1, 2):
+            s = study.open_study("test", data_root=davis_root.parent, out_dir=tmp_path / str(workers),
+                                 iterations=2, progress=False)
+            runs[workers] = study.train_arms(s, "pretrain", workers=workers)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(runs[2]) == list(study.ARMS) == ["HaS", "no HaS"]
+    for arm in study.ARMS:
+        a, b = (load_checkpoint(runs[w][arm])["model"] for w in (1, 2))
+        assert runs[2][arm].parent == tmp_path / "2" / "checkpoints"
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), arm
+    # The arms differ (HaS hides cells, no-HaS does not), so the comparison above is not vacuous.
+    has, nohas = (load_checkpoint(runs[1][arm])["model"] for arm in study.ARMS)
+    assert any(not torch.equal(has[k], nohas[k]) for k in has)
+    with pytest.raises(ValueError, match="stage"):
+        study.train_arms(s, "finetune")
+
+
 # ----------------------------------------------------------------------------- notebook smoke run
 SMOKE_SEQUENCES = ["car-shadow", "motocross-jump"]  # the two shortest val videos (40 frames)
 
