@@ -19,6 +19,11 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: ImageNet channel statistics (RGB, [0,1]): the backbones' input normalisation, and the mean is
+#: the fill of Hide-and-Seek cells and of pixels warped in from outside an image.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 
 def data_root() -> Path:
     """Root of all datasets: ``$KMN_DATA`` if set, else ``<repo>/data``."""

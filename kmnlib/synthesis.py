@@ -58,12 +58,8 @@ import cv2
 import numpy as np
 import torch
 
-from kmnlib.config import AugmentConfig, StageConfig
-
-#: ImageNet mean colour (RGB, [0,1]): the fill of hidden cells and of pixels warped in from
-#: outside the image.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-VOID = 255
+from kmnlib.config import IMAGENET_MEAN, AugmentConfig, StageConfig
+from kmnlib.data.masks import VOID
 
 
 class NoObjectError(ValueError):

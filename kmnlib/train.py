@@ -39,10 +39,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kmnlib.config import Profile, StageConfig, get_profile, results_root
+from kmnlib.data.masks import VOID
 from kmnlib.files import atomic_write
 
 STAGES = ("pretrain", "main")
-VOID = 255
 CSV_FIELDS = ("step", "loss", "loss_f1", "loss_f2", "lr", "hide_p", "max_gap", "clips_per_s", "wall_s")
 
 

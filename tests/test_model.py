@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kmnlib.config import PAPER, TEST, ModelConfig
+from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, PAPER, TEST, ModelConfig
 from kmnlib.memory import memory_read
 from kmnlib.model import KMN, build_model, pad_divide_by, soft_aggregate, unpad
-from kmnlib.model.backbones import (RESNET50_ENV, IMAGENET_MEAN, IMAGENET_STD, lite0_default_weights,
-                                    lite0_timm_state_dict)
+from kmnlib.model.backbones import RESNET50_ENV, lite0_default_weights, lite0_timm_state_dict
 
 LITE0 = TEST.model  # ImageNet Lite0 from the installed package, tiny heads
 R50 = replace(PAPER.model, pretrained=False, weights=None)  # STM widths, random init (no file here)

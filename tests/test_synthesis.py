@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kmnlib.config import AugmentConfig, data_root
-from kmnlib.synthesis import (IMAGENET_MEAN, StaticClipDataset, VideoClipDataset, cell_edges,
+from kmnlib.config import IMAGENET_MEAN, AugmentConfig, data_root
+from kmnlib.synthesis import (StaticClipDataset, VideoClipDataset, cell_edges,
                               collate_clips, has_probability, hidden_pixels, hide_and_seek,
                               max_gap, sample_frame_indices, sample_video_clip, synthesize_clip)
 

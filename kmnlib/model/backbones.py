@@ -18,10 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kmnlib.config import ModelConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 RESNET50_ENV = "KMN_RESNET50_WEIGHTS"
 RESNET50_FILE = "resnet50-0676ba61.pth"  # torchvision ResNet50_Weights.IMAGENET1K_V1

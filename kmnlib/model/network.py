@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kmnlib.config import ModelConfig
+from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from kmnlib.memory import memory_read
-from kmnlib.model.backbones import IMAGENET_MEAN, IMAGENET_STD, Trunk, build_trunk
+from kmnlib.model.backbones import Trunk, build_trunk
 
 
 class _Normalise(nn.Module):

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kmnlib.config import PAPER, ModelConfig
-from kmnlib.model.backbones import IMAGENET_MEAN, IMAGENET_STD
+from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, PAPER, ModelConfig
 from kmnlib.model.network import KMN
 
 # (official STM prefix, our prefix). Trailing dots keep "Encoder_M.conv1." apart from "conv1_m.".
