@@ -6,12 +6,17 @@ previous frame ``t-1`` is memorised with its own soft prediction; frames 0, ``me
 ``2·mem_every``, … stay in memory for good, other previous frames only for the next step. Each
 memorised frame is encoded once. Objects are a batch; their foreground probabilities are merged by
 STM's soft aggregation.
+
+Objects that first appear mid-video (YouTube-VOS) are given as ``later_masks``: an object takes no
+part before its first frame (foreground 0), its given mask replaces the prediction there, and that
+frame stays in memory for good — the practice of STM-family YouTube-VOS evaluations (STM did not
+publish theirs).
 """
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +29,70 @@ from kmnlib.data.video import frames_to_tensor
 from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
 
 
-def memory_schedule(num_frames: int, mem_every: int = 5) -> list[list[int]]:
+def memory_schedule(num_frames: int, mem_every: int = 5, keep: Iterable[int] = ()) -> list[list[int]]:
     """For each frame ``t``, the frame indices in memory when ``t`` is segmented (``[]`` for t=0).
 
     ``schedule[t] = [k for k in 0, mem_every, 2·mem_every, … if k < t-1] + [t-1]`` — the permanent
     frames memorised so far plus the previous frame, exactly as official STM's ``Run_video``.
+    ``keep``: further permanent frames (where objects were given mid-video), merged in time order.
     """
     if num_frames < 1:
         raise ValueError(f"memory_schedule: need at least one frame, got {num_frames}")
     if mem_every < 1:
         raise ValueError(f"memory_schedule: mem_every must be >= 1, got {mem_every}")
+    permanent = set(range(0, num_frames, mem_every)) | {int(k) for k in keep}
+    if bad := sorted(k for k in permanent if not 0 <= k < num_frames):
+        raise ValueError(f"memory_schedule: keep frames {bad} outside 0..{num_frames - 1}")
     out: list[list[int]] = [[]]
     for t in range(1, num_frames):
-        out.append(list(range(0, t - 1, mem_every)) + [t - 1])
+        out.append(sorted(k for k in permanent if k < t - 1) + [t - 1])
     return out
 
 
-def _check_first_mask(first_mask: Any, size: tuple[int, int]) -> torch.Tensor:
-    """Validate the first-frame label map; return it as a long tensor (H,W) with ids 0..N."""
-    if isinstance(first_mask, np.ndarray):
-        if not np.issubdtype(first_mask.dtype, np.integer):
-            raise ValueError(f"segment_video: first_mask must hold integer ids, got dtype {first_mask.dtype}")
-        first_mask = torch.from_numpy(first_mask.astype(np.int64))
-    elif isinstance(first_mask, torch.Tensor):
-        if first_mask.is_floating_point() or first_mask.is_complex() or first_mask.dtype == torch.bool:
-            raise ValueError(f"segment_video: first_mask must hold integer ids, got dtype {first_mask.dtype}")
-        first_mask = first_mask.to(torch.long)
+def _label_tensor(mask: Any, size: tuple[int, int], what: str) -> torch.Tensor:
+    """A label map (torch or numpy, integer ids) of the frame size as a long CPU tensor."""
+    if isinstance(mask, np.ndarray):
+        if not np.issubdtype(mask.dtype, np.integer):
+            raise ValueError(f"segment_video: {what} must hold integer ids, got dtype {mask.dtype}")
+        mask = torch.from_numpy(mask.astype(np.int64))
+    elif isinstance(mask, torch.Tensor):
+        if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
+            raise ValueError(f"segment_video: {what} must hold integer ids, got dtype {mask.dtype}")
+        mask = mask.to(torch.long)
     else:
-        raise TypeError(f"segment_video: first_mask must be a torch tensor or numpy array, "
-                        f"got {type(first_mask).__name__}")
-    if tuple(first_mask.shape) != tuple(size):
-        raise ValueError(f"segment_video: first_mask shape {tuple(first_mask.shape)} differs from "
+        raise TypeError(f"segment_video: {what} must be a torch tensor or numpy array, "
+                        f"got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(size):
+        raise ValueError(f"segment_video: {what} shape {tuple(mask.shape)} differs from "
                          f"the frame size {tuple(size)}")
-    ids = sorted(int(i) for i in torch.unique(first_mask))
-    objects = [i for i in ids if i != 0]
-    if not objects:
+    return mask.cpu()
+
+
+def _check_masks(first_mask: Any, later_masks: Mapping[int, Any] | None, num_frames: int,
+                 size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, int]]:
+    """Validate the given label maps; return (first (H,W), {t: later (H,W)}, {object: first frame}).
+
+    Object ids over all given masks must be 1..N without gaps; an object's first frame is the
+    first given mask holding it.
+    """
+    first = _label_tensor(first_mask, size, "first_mask")
+    later: dict[int, torch.Tensor] = {}
+    for t, m in sorted((later_masks or {}).items()):
+        if not 1 <= int(t) < num_frames:
+            raise ValueError(f"segment_video: later_masks frame {t} outside 1..{num_frames - 1}")
+        later[int(t)] = _label_tensor(m, size, f"later_masks[{t}]")
+    appear: dict[int, int] = {}
+    for t, m in [(0, first), *later.items()]:
+        for i in torch.unique(m).tolist():
+            if i != 0:
+                appear.setdefault(int(i), t)
+    objects = sorted(appear)
+    if not any(t == 0 for t in appear.values()):
         raise ValueError("segment_video: first_mask holds no object (only id 0)")
     if objects != list(range(1, len(objects) + 1)):
-        raise ValueError(f"segment_video: first_mask object ids must be 1..N without gaps, got {objects}"
+        raise ValueError(f"segment_video: object ids must be 1..N without gaps, got {objects}"
                          + (" (255 = void: map it to 0 first)" if VOID in objects else ""))
-    return first_mask.cpu()
+    return first, later, appear
 
 
 def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +105,8 @@ def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any, *,
                   sigma: float | None = 7.0, mem_every: int = 5,
-                  trace: list[tuple[int, list[int]]] | None = None
+                  trace: list[tuple[int, list[int]]] | None = None,
+                  later_masks: Mapping[int, Any] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment a video from its first-frame mask (semi-supervised VOS).
 
@@ -86,6 +116,9 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
     given mask one-hot) and uint8 label maps (T,H,W). If ``trace`` is a list, ``(t, frames in
     memory)`` is appended for every segmented frame — what was actually read, for inspection.
+    ``later_masks`` ``{t: label map}`` gives objects that first appear at frame ``t`` (ids continue
+    the first mask's, 1..N over all masks); only the objects new at ``t`` are taken from it, the
+    others keep their prediction.
     """
     if not isinstance(frames, torch.Tensor) or not frames.is_floating_point() or frames.dim() != 4 \
             or frames.shape[1] != 3 or frames.shape[0] < 1:
@@ -95,9 +128,11 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     if frames.numel() and (frames.min() < 0 or frames.max() > 1):
         raise ValueError("segment_video: frames must lie in [0,1] (normalisation happens inside the model)")
     num_frames, _, height, width = frames.shape
-    labels0 = _check_first_mask(first_mask, (height, width))
-    n_obj = int(labels0.max())
-    schedule = memory_schedule(num_frames, mem_every)
+    labels0, later, appear = _check_masks(first_mask, later_masks, num_frames, (height, width))
+    n_obj = len(appear)
+    # First frame of each object (row o-1): an object takes part from the frame after it.
+    first_seen = torch.tensor([appear[o] for o in range(1, n_obj + 1)])
+    schedule = memory_schedule(num_frames, mem_every, keep=later)
     # Last step at which each frame is read; a memorised frame is dropped after it.
     last_use: dict[int, int] = {}
     for t, mem in enumerate(schedule):
@@ -147,8 +182,19 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                 frame_p, pad = pad_divide_by(frames[t].to(device))
                 qk, qv, f8, f4 = model.encode_query(frame_p[None])
                 fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma)   # N,Hp,Wp
+                absent = first_seen >= t    # objects not given yet (or given at t itself)
+                if absent.any():
+                    fg = fg.masked_fill(absent.to(fg.device)[:, None, None], 0.0)
                 merged = torch.softmax(soft_aggregate(fg), dim=0)
+                if absent.any():  # exactly 0, not soft aggregation's clamped 1e-7 share
+                    merged[1:][absent.to(merged.device)] = 0.0
+                    merged = merged / merged.sum(dim=0, keepdim=True)
                 probs[t] = unpad(merged, pad).float().cpu()
+                if t in later:  # objects given at t replace the prediction on their pixels
+                    for obj in (o for o, f in appear.items() if f == t):
+                        pix = later[t] == obj
+                        probs[t][:, pix] = 0.0
+                        probs[t][obj, pix] = 1.0
                 for f in schedule[t]:
                     if last_use[f] == t:
                         free.append(slot_of.pop(f))
@@ -188,6 +234,34 @@ def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def _given_masks(seq: Any) -> tuple[int, dict[int, torch.Tensor], list[int]]:
+    """The annotations inference starts from: (first frame, {frame: label map 1..N}, dataset ids).
+
+    The first annotated frame gives every object in it (void 255 counts as background); a later
+    first annotation (YouTube-VOS) gives only the objects that first appear there. Object ``k`` of
+    the maps is ``ids[k-1]`` of the dataset.
+    """
+    appear = dict(getattr(seq, "first_frame", None) or {})
+    start = min(appear.values(), default=0)
+    masks: dict[int, np.ndarray] = {}
+    ids: list[int] = []
+    for f in sorted(set(appear.values()) | {start}):
+        m = seq.load_mask(f).astype(np.int64)
+        m[m == VOID] = 0
+        if f != start:
+            new = [o for o, g in appear.items() if g == f]
+            m[~np.isin(m, new)] = 0
+        present = sorted(int(i) for i in np.unique(m) if i != 0)
+        if not present:
+            raise ValueError(f"{seq.mask_paths[f]}: "
+                             + ("first-frame annotation holds no object" if f == start else
+                                f"none of the objects {new} said to appear here"))
+        masks[f], ids = m, ids + [i for i in present if i not in ids]
+    lut = np.zeros(max(ids) + 1, dtype=np.int64)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    return start, {f: torch.from_numpy(lut[m]) for f, m in masks.items()}, ids
+
+
 def run_dataset(model: torch.nn.Module, dataset: Iterable[Any], out_dir: str | os.PathLike, *,
                 sigma: float | None = 7.0, mem_every: int = 5,
                 resolution_out: tuple[int, int] | str | None = None,
@@ -195,11 +269,13 @@ def run_dataset(model: torch.nn.Module, dataset: Iterable[Any], out_dir: str | o
                 device: str | torch.device = "cpu") -> dict[str, float]:
     """Segment every sequence of ``dataset`` and write ``out_dir/<seq>/<frame>.png`` label maps.
 
-    ``dataset`` is DAVISDataset-like (iterable of :class:`~kmnlib.data.video.VideoSequence`);
-    ``sequences`` restricts it to those names. The first-frame annotation gives the objects; their
-    ids are mapped to 1..N for the model and back to the dataset's ids in the PNGs (void 255 in the
-    first mask counts as background). ``infer_height`` downsizes frames (bilinear, antialiased;
-    first mask nearest) to that height, keeping the aspect ratio. ``resolution_out``: None writes at
+    ``dataset`` is an iterable of :class:`~kmnlib.data.video.VideoSequence` (DAVIS or YouTube-VOS
+    readers); ``sequences`` restricts it to those names. The first annotation gives the objects
+    (void 255 counts as background); objects whose first annotation comes later (YouTube-VOS,
+    ``seq.first_frame``) join there (:func:`segment_video`'s ``later_masks``). Frames before the
+    first annotation are written as background. Ids are mapped to 1..N for the model and back to
+    the dataset's ids in the PNGs. ``infer_height`` downsizes frames (bilinear, antialiased; given
+    masks nearest) to that height, keeping the aspect ratio. ``resolution_out``: None writes at
     the inference size, ``"gt"`` at the sequence's stored size, ``(H, W)`` at that size; resizing is
     bilinear on the probabilities followed by argmax (never nearest on labels). The model is moved
     to ``device``. Returns seconds per frame of ``segment_video`` (reading/writing excluded), by name.
@@ -211,33 +287,33 @@ def run_dataset(model: torch.nn.Module, dataset: Iterable[Any], out_dir: str | o
     for seq in dataset:
         if wanted is not None and seq.name not in wanted:
             continue
-        frames = frames_to_tensor(seq.load_frames())
-        first = torch.from_numpy(seq.load_mask(0).astype(np.int64))
-        first[first == VOID] = 0
-        ids = [int(i) for i in torch.unique(first) if int(i) != 0]
-        if not ids:
-            raise ValueError(f"{seq.mask_paths[0]}: first-frame annotation holds no object")
-        lut = torch.zeros(int(first.max()) + 1, dtype=torch.long)
-        lut[torch.tensor(ids)] = torch.arange(1, len(ids) + 1)
-        first = lut[first]
+        first_frame, given, ids = _given_masks(seq)
+        frames = frames_to_tensor(seq.load_frames(range(first_frame, len(seq))))
         if infer_height is not None and infer_height != frames.shape[-2]:
             h = int(infer_height)
             w = max(1, round(frames.shape[-1] * h / frames.shape[-2]))
             frames = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False,
                                    antialias=True).clamp_(0.0, 1.0)
-            first = F.interpolate(first[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
-            if int(first.max()) < len(ids):
-                raise ValueError(f"{seq.mask_paths[0]}: an object vanishes when the first mask is "
-                                 f"resized to {h}x{w}; use a larger infer_height")
+            for f, m in given.items():
+                small = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+                if set(torch.unique(small).tolist()) != set(torch.unique(m).tolist()):
+                    raise ValueError(f"{seq.mask_paths[f]}: an object vanishes when the mask is "
+                                     f"resized to {h}x{w}; use a larger infer_height")
+                given[f] = small
+        later = {f - first_frame: m for f, m in given.items() if f != first_frame}
         start = time.perf_counter()
-        probs, labels = segment_video(model, frames, first, sigma=sigma, mem_every=mem_every)
+        probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
+                                      mem_every=mem_every, later_masks=later)
         timings[seq.name] = (time.perf_counter() - start) / len(frames)
+        size = tuple(labels.shape[-2:])
         if resolution_out is not None:
             size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
             if len(size) != 2:
                 raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), got {resolution_out!r}")
             if size != tuple(labels.shape[-2:]):
                 labels = _resized_labels(probs, size)
+        if first_frame:
+            labels = torch.cat([labels.new_zeros(first_frame, *size), labels])
         back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids
         out_labels = back[labels.long()].numpy()
         for i, path in enumerate(seq.frame_paths):

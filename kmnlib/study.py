@@ -37,6 +37,7 @@ import pandas as pd
 from kmnlib import report
 from kmnlib.config import REPO_ROOT, Profile, get_profile, results_root
 from kmnlib.config import data_root as kmn_data_root
+from kmnlib.files import atomic_write
 from kmnlib.report import save_csv, save_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -334,6 +335,60 @@ def extra_eval_sets(study: Study) -> list[str]:
     if (study.data_root / "DAVIS-2017" / "ImageSets" / "2017" / "val.txt").is_file():
         out.append("DAVIS-2017:val")
     return out
+
+
+def youtube_vos_splits(study: Study) -> list[str]:
+    """YouTube-VOS splits to predict that are present under the data root (``valid``)."""
+    root = study.data_root / "YouTube-VOS"
+    return [s for s in ("valid",) if (root / s / "meta.json").is_file()]
+
+
+def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma: float | None,
+                        split: str = "valid", force: bool = False) -> dict[str, Any]:
+    """Segment a YouTube-VOS split and package the predictions for the evaluation server.
+
+    YouTube-VOS val/test ground truth is not public, so there is no local score: this writes
+    ``out_dir/<run>_youtube-vos-<split>/Annotations/<video>/<frame>.png`` (palette PNGs at the stored
+    size, objects joining at their first annotation), ``submission.zip`` of that folder (the layout
+    the CodaLab server takes), ``timing.csv`` and ``run.json`` last. Cached like
+    :func:`evaluate_checkpoint`. Returns ``run``, ``run_dir``, ``submission``, ``videos``,
+    ``s_per_frame`` and ``cached``.
+    """
+    import shutil
+
+    from kmnlib.data import YouTubeVOSDataset
+
+    run = f"{report.run_name(model_tag, sigma)}_youtube-vos-{split}"
+    run_dir = study.out_dir / run
+    key = {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma,
+           "dataset": f"YouTube-VOS:{split}", "sequences": study.sequences,
+           "resolution": study.resolution, "mem_every": study.profile.inference.mem_every}
+    marker, timing_csv, archive = run_dir / "run.json", run_dir / "timing.csv", run_dir / "submission.zip"
+    if (not force and marker.is_file() and timing_csv.is_file() and archive.is_file()
+            and json.loads(marker.read_text()) == key):
+        timing = pd.read_csv(timing_csv)
+        return {"run": run, "run_dir": run_dir, "submission": archive, "videos": len(timing),
+                "s_per_frame": float(timing["s_per_frame"].mean()), "cached": True}
+    marker.unlink(missing_ok=True)
+    ds = YouTubeVOSDataset(study.data_root / "YouTube-VOS", split=split)
+    # A study restricted to some sequences (smoke runs name DAVIS videos) predicts those it has.
+    names = None if study.sequences is None else [n for n in study.sequences if n in ds.names]
+    timings = run_dataset(_load(checkpoint, study.device), ds, run_dir / "Annotations", sigma=sigma,
+                          mem_every=study.profile.inference.mem_every, resolution_out="gt",
+                          infer_height=resolution_height(study.resolution),
+                          sequences=names, device=study.device)
+    timing = pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())})
+    save_csv(timing, timing_csv)
+
+    def _zip(tmp: Path) -> None:
+        # make_archive appends ".zip" to the base name it is given
+        made = shutil.make_archive(str(tmp), "zip", root_dir=run_dir, base_dir="Annotations")
+        os.replace(made, tmp)
+
+    atomic_write(archive, _zip)
+    save_text(json.dumps(key, indent=1), marker)
+    return {"run": run, "run_dir": run_dir, "submission": archive, "videos": len(timing),
+            "s_per_frame": float(timing["s_per_frame"].mean()), "cached": False}
 
 
 def results_row(result: dict[str, Any], *, method: str, training_data: str, dataset: str,

@@ -1,9 +1,11 @@
 """Shared fixtures: where the real data lives (skip with a reason when it is absent)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kmnlib.config import REPO_ROOT
@@ -37,3 +39,35 @@ def davis_root() -> Path:
 def static_root() -> Path:
     """Folder holding the shared static sets (coco-panoptic-200, weizmann-horse)."""
     return _find("static", "weizmann-horse")
+
+
+@pytest.fixture
+def youtube_valid(tmp_path, davis_root) -> tuple[Path, np.ndarray]:
+    """A YouTube-VOS ``valid`` layout under ``tmp_path/data/YouTube-VOS`` from real blackswan frames.
+
+    Video ``vid``: 9 frames named 00000, 00005, … (every 5th, as YouTube-VOS valid); object 1 (the
+    swan) first annotated at frame 2, object 3 (a box) at frame 6, no other annotation. Returns the
+    YouTube-VOS root and the box label map (90,160).
+    """
+    from PIL import Image
+
+    from kmnlib.data import DAVISDataset
+    from kmnlib.data.masks import write_label_map
+
+    seq = DAVISDataset(davis_root, year="2016", split="val", resolution="480p")["blackswan"]
+    root = tmp_path / "data" / "YouTube-VOS"
+    d = root / "valid"
+    (d / "JPEGImages" / "vid").mkdir(parents=True)
+    names = [f"{5 * t:05d}" for t in range(9)]
+    for t, name in enumerate(names):
+        with Image.open(seq.frame_paths[t]) as im:
+            im.resize((160, 90)).save(d / "JPEGImages" / "vid" / f"{name}.jpg")
+    swan = np.asarray(Image.fromarray(seq.load_mask(2)).resize((160, 90), Image.NEAREST))
+    box = np.zeros((90, 160), np.uint8)
+    box[5:25, 110:150] = 3
+    write_label_map(d / "Annotations" / "vid" / f"{names[2]}.png", swan)
+    write_label_map(d / "Annotations" / "vid" / f"{names[6]}.png", box)
+    (d / "meta.json").write_text(json.dumps({"videos": {"vid": {"objects": {
+        "1": {"category": "bird", "frames": names[2:]},
+        "3": {"category": "box", "frames": names[6:]}}}}}))
+    return root, box

@@ -296,3 +296,74 @@ def test_labels_from_probs_is_argmax(channels):
     assert torch.equal(labels_from_probs(probs[0]).long(), probs[0].argmax(dim=0))
     with pytest.raises(ValueError, match="C,H,W"):
         labels_from_probs(probs[0, 0])
+
+
+# --- objects that first appear mid-video (YouTube-VOS) ---------------------------------------------
+
+def _box(size=SIZE, rows=(10, 40), cols=(120, 170), value: int = 2) -> torch.Tensor:
+    m = torch.zeros(size, dtype=torch.long)
+    m[rows[0]:rows[1], cols[0]:cols[1]] = value
+    return m
+
+
+def test_memory_schedule_keeps_given_frames():
+    assert memory_schedule(9, 5, keep=[3]) == [
+        [], [0], [0, 1], [0, 2], [0, 3], [0, 3, 4], [0, 3, 5], [0, 3, 5, 6], [0, 3, 5, 7]]
+    assert memory_schedule(9, 5, keep=[5]) == memory_schedule(9, 5)
+    with pytest.raises(ValueError, match="outside"):
+        memory_schedule(9, 5, keep=[9])
+
+
+def test_object_given_mid_video(lite_model):
+    n_frames, joins = 8, 4
+    frames, mask = _clip(n_frames)
+    box = _box()
+    trace: list = []
+    probs, labels = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=5, trace=trace,
+                                  later_masks={joins: box.numpy().astype(np.uint8)})
+    plain, _ = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=5)
+    assert probs.shape == (n_frames, 3, *SIZE)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(n_frames, *SIZE), rtol=0, atol=1e-5)
+    # Before it is given, object 2 is absent and object 1's segmentation is what it is alone.
+    assert not probs[:joins, 2].any() and not (labels[:joins] == 2).any()
+    torch.testing.assert_close(probs[:joins, :2], plain[:joins], rtol=0, atol=1e-5)
+    # At its first frame its given mask replaces the prediction; afterwards it is tracked.
+    assert torch.equal(probs[joins, 2], (box == 2).float())
+    assert torch.equal(labels[joins][box == 2], torch.full_like(labels[joins][box == 2], 2))
+    assert (labels[joins + 1:] == 2).any()
+    # The frame it was given in stays in memory (4 is not a multiple of mem_every=5).
+    assert trace[-2:] == [(6, [0, 4, 5]), (7, [0, 4, 5, 6])]
+    assert trace == [(t, m) for t, m in enumerate(memory_schedule(n_frames, 5, keep=[joins])) if t]
+
+
+@pytest.mark.parametrize("later,match", [
+    ({4: _box(value=3)}, "1..N without gaps"),   # id 3 without an object 2
+    ({8: _box()}, "outside 1..7"),
+    ({0: _box()}, "outside 1..7"),
+    ({4: _box()[:-1]}, "later_masks\\[4\\] shape"),
+])
+def test_bad_later_masks(lite_model, later, match):
+    frames, mask = _clip(8)
+    with pytest.raises(ValueError, match=match):
+        segment_video(lite_model, frames, mask, later_masks=later)
+
+
+def test_run_dataset_youtube_vos_objects_join_late(lite_model, youtube_valid, tmp_path):
+    from kmnlib.data import YouTubeVOSDataset
+
+    root, box = youtube_valid
+    ds = YouTubeVOSDataset(root, split="valid")
+    timings = run_dataset(lite_model, ds, tmp_path / "out", sigma=7.0, infer_height=64,
+                          resolution_out="gt")
+    assert set(timings) == {"vid"}
+    written = sorted((tmp_path / "out" / "vid").glob("*.png"))
+    assert [p.stem for p in written] == [f"{5 * t:05d}" for t in range(9)]
+    maps = np.stack([read_label_map(p) for p in written])
+    assert maps.shape == (9, 90, 160)
+    assert not maps[:2].any()                       # before the first annotation: background
+    assert set(np.unique(maps).tolist()) <= {0, 1, 3}  # the dataset's ids, not 1..N
+    assert not (maps[:6] == 3).any()                # object 3 only from its first frame on
+    # At its first frame the given box (after the 64-px round trip) is object 3.
+    assert ((maps[6] == 3) == (box == 3)).mean() > 0.97
+    gt = ds["vid"].load_mask(2)
+    assert ((maps[2] == 1) == (gt == 1)).mean() > 0.97

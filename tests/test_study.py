@@ -120,6 +120,33 @@ def test_train_arms_side_by_side_equals_one_after_the_other(tmp_path, davis_root
         study.train_arms(s, "finetune")
 
 
+def test_predict_youtube_vos_writes_a_server_submission(youtube_valid, davis_root, static_root,
+                                                        monkeypatch) -> None:
+    import zipfile
+
+    from kmnlib.train import train_stage
+
+    yt_root, _ = youtube_valid
+    data = yt_root.parent
+    (data / "DAVIS-2016").symlink_to(davis_root)
+    (data / "static").symlink_to(static_root)
+    monkeypatch.setenv("KMN_DATA", str(data))  # open_study exports it; restored after the test
+    s = study.open_study("test", data_root=data, out_dir=data.parent / "out", iterations=1,
+                         progress=False)
+    assert study.youtube_vos_splits(s) == ["valid"]
+    ckpt = train_stage(s.profile, "pretrain", s.checkpoints, iterations=1, progress=False)
+    res = study.predict_youtube_vos(s, ckpt, "has", sigma=7.0)
+    assert not res["cached"] and res["videos"] == 1 and res["s_per_frame"] > 0
+    assert res["run_dir"] == s.out_dir / "has_sigma7_youtube-vos-valid"
+    with zipfile.ZipFile(res["submission"]) as z:
+        names = sorted(n for n in z.namelist() if not n.endswith("/"))  # files, not folder entries
+    # The server's layout: Annotations/<video>/<frame>.png for every frame of the split.
+    assert names == [f"Annotations/vid/{5 * t:05d}.png" for t in range(9)]
+    again = study.predict_youtube_vos(s, ckpt, "has", sigma=7.0)
+    assert again["cached"] and again["submission"] == res["submission"]
+    assert study.predict_youtube_vos(s, ckpt, "has", sigma=None)["run"] == "has_stm_youtube-vos-valid"
+
+
 # ----------------------------------------------------------------------------- notebook smoke run
 SMOKE_SEQUENCES = ["car-shadow", "motocross-jump"]  # the two shortest val videos (40 frames)
 
