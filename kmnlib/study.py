@@ -740,6 +740,12 @@ def run_study(profile: str, *, out_dir: Path | None = None, only: Sequence[str] 
     names = [n for n in NOTEBOOKS if n in names]  # always in study order
     parameters = default_parameters(prof.name, out_dir=out_dir, force=force)
     parameters.update(params or {})
+    # The notebooks run in notebooks/: relative paths are made absolute here, against the
+    # directory the study was started from, so runner and notebooks write to the same place.
+    for key in ("out_dir", "data_root"):
+        if parameters.get(key):
+            parameters[key] = str(Path(parameters[key]).expanduser().resolve())
+    out_dir = Path(parameters["out_dir"])
     nb_out = out_dir / "notebooks"
     nb_out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kmn-kernel-") as kdir:

@@ -71,6 +71,23 @@ def test_runner_stops_at_a_failing_notebook_and_keeps_earlier_outputs(tmp_path, 
     assert not list(nb_dir.glob(".*running*"))
 
 
+def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypatch) -> None:
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "01_pretrain_static.ipynb",
+              "import pathlib\npathlib.Path(out_dir, 'from_notebook').write_text(data_root)")
+    monkeypatch.setattr(study, "NOTEBOOK_DIR", nbs)
+    monkeypatch.chdir(tmp_path)  # notebooks execute in nbs/, the study starts from tmp_path
+    (tmp_path / "mydata").mkdir()
+    rc = study.main(["--profile", "test", "--out-dir", "rel/out", "--only", "01_pretrain_static",
+                     "--params-json", '{"data_root": "mydata"}'])
+    assert rc == 0
+    out = tmp_path / "rel" / "out"
+    assert (out / "from_notebook").read_text() == str(tmp_path / "mydata")
+    assert (out / "notebooks" / "01_pretrain_static.html").is_file()
+    assert not (nbs / "rel").exists()
+
+
 def test_runner_rejects_bad_arguments(tmp_path, capsys) -> None:
     assert study.main(["--profile", "test", "--out-dir", str(tmp_path), "--only", "07_x"]) == 2
     assert "unknown notebook" in capsys.readouterr().err
