@@ -130,15 +130,15 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     num_frames, _, height, width = frames.shape
     labels0, later, appear = _check_masks(first_mask, later_masks, num_frames, (height, width))
     n_obj = len(appear)
+    device = next(model.parameters()).device
     # First frame of each object (row o-1): an object takes part from the frame after it.
-    first_seen = torch.tensor([appear[o] for o in range(1, n_obj + 1)])
+    first_seen = torch.tensor([appear[o] for o in range(1, n_obj + 1)], device=device)
     schedule = memory_schedule(num_frames, mem_every, keep=later)
     # Last step at which each frame is read; a memorised frame is dropped after it.
     last_use: dict[int, int] = {}
     for t, mem in enumerate(schedule):
         for f in mem:
             last_use[f] = t
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
 
@@ -183,12 +183,13 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                 qk, qv, f8, f4 = model.encode_query(frame_p[None])
                 fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma)   # N,Hp,Wp
                 absent = first_seen >= t    # objects not given yet (or given at t itself)
-                if absent.any():
-                    fg = fg.masked_fill(absent.to(fg.device)[:, None, None], 0.0)
-                merged = torch.softmax(soft_aggregate(fg), dim=0)
-                if absent.any():  # exactly 0, not soft aggregation's clamped 1e-7 share
-                    merged[1:][absent.to(merged.device)] = 0.0
+                if bool(absent.any()):
+                    fg = fg.masked_fill(absent[:, None, None], 0.0)
+                    merged = torch.softmax(soft_aggregate(fg), dim=0)
+                    merged[1:][absent] = 0.0  # exactly 0, not soft aggregation's clamped 1e-7 share
                     merged = merged / merged.sum(dim=0, keepdim=True)
+                else:
+                    merged = torch.softmax(soft_aggregate(fg), dim=0)
                 probs[t] = unpad(merged, pad).float().cpu()
                 if t in later:  # objects given at t replace the prediction on their pixels
                     for obj in (o for o, f in appear.items() if f == t):
@@ -207,18 +208,19 @@ def labels_from_probs(probs: torch.Tensor) -> torch.Tensor:
     """``probs.argmax(dim=-3)`` as uint8 label maps: (…,C,H,W) → (…,H,W), ties to the lower id.
 
     A running strict ``>`` over the few channels gives argmax's first-maximum rule; torch's argmax
-    along a short, strided channel axis is ~70x slower on CPU (2.8 s for a 75-frame 480p video),
-    which made it a third of a DAVIS evaluation's time.
+    along a short, strided channel axis is many times slower on CPU
+    (``benchmarks/bench_labels.py``), and was a large share of a DAVIS evaluation's time.
     """
     if probs.dim() < 3 or probs.shape[-3] > 256:
         raise ValueError(f"labels_from_probs: expected (...,C,H,W) with C <= 256, got {tuple(probs.shape)}")
-    best = probs.select(-3, 0).clone()
+    n = probs.shape[-3]
+    best = probs.select(-3, 0)
     labels = torch.zeros(best.shape, dtype=torch.uint8)
-    for c in range(1, probs.shape[-3]):
+    for c in range(1, n):
         channel = probs.select(-3, c)
-        wins = channel > best
-        labels[wins] = c
-        best = torch.maximum(best, channel)
+        labels.masked_fill_(channel > best, c)
+        if c < n - 1:
+            best = torch.maximum(best, channel)
     return labels
 
 

@@ -167,11 +167,7 @@ def main_trained(study: Study, hide: bool, *, force: bool | None = None) -> Path
 ARMS: dict[str, bool] = {"HaS": True, "no HaS": False}  # arm label → Hide-and-Seek pre-training
 
 
-def _train_job(study: Study, stage: str, hide: bool, threads: int | None = None) -> Path:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+def _train_job(study: Study, stage: str, hide: bool) -> Path:
     if stage == "pretrain":
         return pretrained(study, hide, force=study.force)
     return main_trained(study, hide, force=study.force)
@@ -189,14 +185,8 @@ def train_arms(study: Study, stage: str, *, workers: int = 1) -> dict[str, Path]
         raise ValueError(f"train_arms: stage must be 'pretrain' or 'main', got {stage!r}")
     if workers <= 1:
         return {label: _train_job(study, stage, hide) for label, hide in ARMS.items()}
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, as in evaluate_many: never fork a Jupyter kernel whose torch threads are running.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        paths = pool.map(_train_job, [study] * len(ARMS), [stage] * len(ARMS), list(ARMS.values()),
-                         [1] * len(ARMS))
-        return dict(zip(ARMS, paths))
+    paths = _spawn_map(_train_job, [(study, stage, hide) for hide in ARMS.values()], workers)
+    return dict(zip(ARMS, paths))
 
 
 def training_log(checkpoint: Path) -> Path:
@@ -216,6 +206,19 @@ def archive_training_logs(study: Study, checkpoints: dict[str, Path]) -> list[Pa
 def _fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str) -> dict[str, Any]:
+    """What a cached run folder's ``run.json`` must hold for the folder to be reused."""
+    return {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma, "dataset": dataset,
+            "sequences": study.sequences, "resolution": study.resolution,
+            "mem_every": study.profile.inference.mem_every}
+
+
+def _is_cached(marker: Path, key: dict[str, Any], files: Sequence[Path]) -> bool:
+    """``marker`` (run.json, written last) holds ``key`` and every output file exists."""
+    return (marker.is_file() and all(f.is_file() for f in files)
+            and json.loads(marker.read_text()) == key)
 
 
 def evaluate_checkpoint(study: Study, checkpoint: Path, model_tag: str, *, sigma: float | None,
@@ -242,9 +245,7 @@ def evaluate_checkpoint(study: Study, checkpoint: Path, model_tag: str, *, sigma
         run += "_" + dataset.replace(":", "-").lower()
     run_dir = study.out_dir / run
     davis_root = study.data_root / set_name
-    key = {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma, "dataset": dataset,
-           "sequences": study.sequences, "resolution": study.resolution,
-           "mem_every": study.profile.inference.mem_every}
+    key = _run_key(study, checkpoint, sigma, dataset)
     marker = run_dir / "run.json"
     stage = checkpoint_stage(checkpoint)
     about = {"training_data": study.training_data(stage),
@@ -252,8 +253,7 @@ def evaluate_checkpoint(study: Study, checkpoint: Path, model_tag: str, *, sigma
                          f"s/frame on {study.device}"}
     files = [run_dir / "global_results.csv", run_dir / "per-sequence_results.csv",
              run_dir / "timing.csv"]
-    if (not force and marker.is_file() and all(f.is_file() for f in files)
-            and json.loads(marker.read_text()) == key):
+    if not force and _is_cached(marker, key, files):
         timing = pd.read_csv(files[2])
         return {"run": run, "run_dir": run_dir, "global": pd.read_csv(files[0]),
                 "per_sequence": pd.read_csv(files[1]),
@@ -276,11 +276,26 @@ def evaluate_checkpoint(study: Study, checkpoint: Path, model_tag: str, *, sigma
             "s_per_frame": float(timing["s_per_frame"].mean()), "cached": False, **about}
 
 
-def _evaluate_job(study: Study, job: tuple[Path, str, float | None], threads: int | None = None) -> str:
-    if threads:
-        import torch
+def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a worker process with one torch thread (workers share the CPU)."""
+    import torch
 
-        torch.set_num_threads(threads)  # one core per worker: two workers fill the 2-core CPU
+    torch.set_num_threads(1)
+    return fn(*args)
+
+
+def _spawn_map(fn: Callable[..., Any], arg_tuples: Sequence[tuple[Any, ...]], workers: int) -> list[Any]:
+    """``[fn(*a) for a in arg_tuples]`` in ``workers`` spawned processes, one torch thread each."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked Jupyter kernel with torch threads running is not safe to continue in.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_in_worker, fn, *a) for a in arg_tuples]
+        return [f.result() for f in futures]
+
+
+def _evaluate_job(study: Study, job: tuple[Path, str, float | None]) -> str:
     return evaluate_checkpoint(study, Path(job[0]), job[1], sigma=job[2], force=study.force)["run"]
 
 
@@ -294,12 +309,7 @@ def evaluate_many(study: Study, jobs: Sequence[tuple[Path, str, float | None]], 
     """
     if workers <= 1:
         return [_evaluate_job(study, job) for job in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: a forked Jupyter kernel with torch threads running is not safe to continue in.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_evaluate_job, [study] * len(jobs), list(jobs), [1] * len(jobs)))
+    return _spawn_map(_evaluate_job, [(study, job) for job in jobs], workers)
 
 
 def run_dataset(*args: Any, **kw: Any) -> dict[str, float]:
@@ -360,12 +370,9 @@ def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma
 
     run = f"{report.run_name(model_tag, sigma)}_youtube-vos-{split}"
     run_dir = study.out_dir / run
-    key = {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma,
-           "dataset": f"YouTube-VOS:{split}", "sequences": study.sequences,
-           "resolution": study.resolution, "mem_every": study.profile.inference.mem_every}
+    key = _run_key(study, checkpoint, sigma, f"YouTube-VOS:{split}")
     marker, timing_csv, archive = run_dir / "run.json", run_dir / "timing.csv", run_dir / "submission.zip"
-    if (not force and marker.is_file() and timing_csv.is_file() and archive.is_file()
-            and json.loads(marker.read_text()) == key):
+    if not force and _is_cached(marker, key, [timing_csv, archive]):
         timing = pd.read_csv(timing_csv)
         return {"run": run, "run_dir": run_dir, "submission": archive, "videos": len(timing),
                 "s_per_frame": float(timing["s_per_frame"].mean()), "cached": True}
