@@ -243,7 +243,7 @@ def _given_masks(seq: Any) -> tuple[int, dict[int, torch.Tensor], list[int]]:
     first annotation (YouTube-VOS) gives only the objects that first appear there. Object ``k`` of
     the maps is ``ids[k-1]`` of the dataset.
     """
-    appear = dict(getattr(seq, "first_frame", None) or {})
+    appear = dict(seq.first_frame)
     start = min(appear.values(), default=0)
     masks: dict[int, np.ndarray] = {}
     ids: list[int] = []
