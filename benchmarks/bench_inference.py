@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kmnlib.config import MINI, PAPER
+from kmnlib.config import MINI, PAPER, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
 from kmnlib.inference import segment_video
@@ -43,7 +43,8 @@ CONFIGS = {  # name: (model config, frame height; None = native 480p)
 
 
 def load_clip(name: str, n_frames: int | None, height: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    seq = DAVISDataset(year="2016", split="val", resolution="480p")[name]
+    seq = DAVISDataset(resolve_data_root() / "DAVIS-2016", year="2016", split="val",
+                       resolution="480p")[name]
     idx = range(len(seq) if n_frames is None else min(n_frames, len(seq)))
     frames = frames_to_tensor(seq.load_frames(idx))
     mask = torch.from_numpy(seq.load_mask(0).astype(np.int64))

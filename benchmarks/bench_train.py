@@ -22,24 +22,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kmnlib import train  # noqa: E402
-from kmnlib.config import get_profile  # noqa: E402
+from kmnlib.config import STAGES, get_profile, resolve_data_root  # noqa: E402
+from kmnlib.model import build_model  # noqa: E402
+from kmnlib.training.batches import StepBatches, build_clip_dataset  # noqa: E402
+from kmnlib.training.step import StepModule, train_step  # noqa: E402
 
 
 def bench_stage(profile, stage: str, *, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
     """Time ``steps`` training iterations of ``stage`` after ``warmup`` ones; returns the figures."""
-    from kmnlib.model import build_model
-
-    cfg = train.stage_config(profile, stage)
-    clips = train.build_clip_dataset(profile, stage, total=cfg.iterations, seed=profile.seed)
-    batches = train.StepBatches(clips, cfg.batch_size, start=0, total=cfg.iterations)
+    cfg = profile.stage(stage)
+    clips = build_clip_dataset(profile, stage, resolve_data_root(), hide=True)
+    batches = StepBatches(clips, cfg.batch_size, start=0, total=cfg.iterations)
     torch.manual_seed(profile.seed)
     model = build_model(profile.model).to(device)
     model.train()
     model.freeze_bn()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    step_module = train.StepModule(model)
+    step_module = StepModule(model)
     # Spread the timed steps over the stage so the ramps (HaS p, frame gap) are sampled too.
     idx = [round(i * (cfg.iterations - 1) / max(warmup + steps - 1, 1)) for i in range(warmup + steps)]
     times, data_times, objects = [], [], []
@@ -47,7 +47,7 @@ def bench_stage(profile, stage: str, *, steps: int, warmup: int, device: torch.d
         t0 = time.perf_counter()
         batch = batches.batch(s)
         t1 = time.perf_counter()
-        train.train_step(step_module, opt, scaler, batch, step=s, device=device)
+        train_step(step_module, opt, scaler, batch, step=s, device=device)
         t2 = time.perf_counter()
         if n >= warmup:
             times.append(t2 - t0)
@@ -63,7 +63,7 @@ def bench_stage(profile, stage: str, *, steps: int, warmup: int, device: torch.d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="mini")
-    ap.add_argument("--stages", nargs="+", default=list(train.STAGES), choices=train.STAGES)
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile={profile.name} backbone={profile.model.backbone} threads={torch.get_num_threads()} "
           f"cpus={os.cpu_count()} load_avg_before={os.getloadavg()[0]:.2f}")
     for stage in a.stages:
-        cfg = train.stage_config(profile, stage)
+        cfg = profile.stage(stage)
         r = bench_stage(profile, stage, steps=a.steps, warmup=a.warmup, device=device)
         print(f"{stage:8s} batch={cfg.batch_size} crop={cfg.crop_size} objects/clip={r['objects_per_clip']:.2f} "
               f"s/iter median={r['s_per_iter']:.3f} (min {r['s_per_iter_min']:.3f}, max {r['s_per_iter_max']:.3f}; "

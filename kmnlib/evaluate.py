@@ -25,13 +25,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kmnlib.data.davis import YEARS, read_split, split_file
 from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.data.video import select_sequences
 from kmnlib.files import atomic_write
 from kmnlib.metrics import boundary_f, jaccard, sequence_stats
 
 __all__ = [
     "GLOBAL_COLUMNS", "SEQUENCE_COLUMNS", "GLOBAL_CSV", "SEQUENCE_CSV", "ObjectScores",
-    "sequence_names", "annotation_paths", "evaluate_sequence", "evaluate_davis", "print_tables",
+    "annotation_paths", "evaluate_sequence", "evaluate_davis", "print_tables",
     "main",
 ]
 
@@ -39,7 +41,6 @@ GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Reca
 SEQUENCE_COLUMNS = ["Sequence", "J-Mean", "F-Mean"]
 GLOBAL_CSV = "global_results.csv"
 SEQUENCE_CSV = "per-sequence_results.csv"
-YEARS = ("2016", "2017")
 
 
 @dataclass
@@ -59,28 +60,6 @@ class ObjectScores:
 
 
 # ----------------------------------------------------------------------------------- dataset files
-def sequence_names(davis_root: str | os.PathLike, year: str, split: str) -> list[str]:
-    """Sequence names listed in ``ImageSets/<year>/<split>.txt``.
-
-    Lines may be bare names or the DAVIS-2016 style ``/JPEGImages/480p/<seq>/00000.jpg ...`` pairs.
-    """
-    path = Path(davis_root) / "ImageSets" / str(year) / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sequence list not found (is --davis the DAVIS root folder, "
-                                f"holding ImageSets/, Annotations/, JPEGImages/?)")
-    names: list[str] = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        name = line.split()[0].strip("/").split("/")[2] if "/" in line else line
-        if name not in names:  # frame-pair lists repeat the name once per frame
-            names.append(name)
-    if not names:
-        raise ValueError(f"{path}: the sequence list is empty")
-    return names
-
-
 def annotation_paths(davis_root: str | os.PathLike, sequence: str,
                      resolution: str = "480p") -> list[Path]:
     """Sorted ground-truth PNGs ``Annotations/<resolution>/<sequence>/*.png``."""
@@ -192,13 +171,8 @@ def evaluate_davis(davis_root: str | os.PathLike, results_dir: str | os.PathLike
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"{results_dir}: results folder not found")
-    names = sequence_names(davis_root, year, split)
-    if sequences is not None:
-        unknown = [s for s in sequences if s not in names]
-        if unknown:
-            raise ValueError(f"{Path(davis_root) / 'ImageSets' / year / f'{split}.txt'}: "
-                             f"sequences {unknown} are not in DAVIS-{year} {split}")
-        names = [s for s in names if s in set(sequences)]
+    names = select_sequences(read_split(davis_root, year, split), sequences,
+                             str(split_file(davis_root, year, split)))
     jobs = [(davis_root, results_dir, s, year, resolution, resize_results) for s in names]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:

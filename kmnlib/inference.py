@@ -1,11 +1,13 @@
-"""Video inference: STM's DAVIS memory schedule with STM's or KMN's memory read.
+"""Video inference: segment one video from its given masks with STM's or KMN's memory read.
 
 The procedure follows the official STM evaluation (``Run_video`` of github.com/seoungwugoh/STM
 ``eval_DAVIS.py``): frame 0 is memorised with its given mask; before segmenting frame ``t`` the
 previous frame ``t-1`` is memorised with its own soft prediction; frames 0, ``mem_every``,
-``2·mem_every``, … stay in memory for good, other previous frames only for the next step. Each
-memorised frame is encoded once. Objects are a batch; their foreground probabilities are merged by
-STM's soft aggregation.
+``2·mem_every``, … stay in memory for good, other previous frames only for the next step
+(:func:`kmnlib.memory_bank.memory_schedule`, held by a :class:`kmnlib.memory_bank.MemoryBank`).
+Each memorised frame is encoded once. Objects are a batch; their foreground probabilities are
+merged by STM's soft aggregation. Dataset-level prediction (files, resizing) is
+:mod:`kmnlib.predict`.
 
 Objects that first appear mid-video (YouTube-VOS) are given as ``later_masks``: an object takes no
 part before its first frame (foreground 0), its given mask replaces the prediction there, and that
@@ -14,39 +16,16 @@ publish theirs).
 """
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kmnlib.data.masks import VOID, write_label_map
-from kmnlib.data.video import frames_to_tensor
+from kmnlib.data.masks import VOID
+from kmnlib.memory_bank import MemoryBank, memory_schedule
 from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
-
-
-def memory_schedule(num_frames: int, mem_every: int = 5, keep: Iterable[int] = ()) -> list[list[int]]:
-    """For each frame ``t``, the frame indices in memory when ``t`` is segmented (``[]`` for t=0).
-
-    ``schedule[t] = [k for k in 0, mem_every, 2·mem_every, … if k < t-1] + [t-1]`` — the permanent
-    frames memorised so far plus the previous frame, exactly as official STM's ``Run_video``.
-    ``keep``: further permanent frames (where objects were given mid-video), merged in time order.
-    """
-    if num_frames < 1:
-        raise ValueError(f"memory_schedule: need at least one frame, got {num_frames}")
-    if mem_every < 1:
-        raise ValueError(f"memory_schedule: mem_every must be >= 1, got {mem_every}")
-    permanent = set(range(0, num_frames, mem_every)) | {int(k) for k in keep}
-    if bad := sorted(k for k in permanent if not 0 <= k < num_frames):
-        raise ValueError(f"memory_schedule: keep frames {bad} outside 0..{num_frames - 1}")
-    out: list[list[int]] = [[]]
-    for t in range(1, num_frames):
-        out.append(sorted(k for k in permanent if k < t - 1) + [t - 1])
-    return out
 
 
 def _label_tensor(mask: Any, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -104,7 +83,7 @@ def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any, *,
-                  sigma: float | None = 7.0, mem_every: int = 5,
+                  sigma: float | None, mem_every: int,
                   trace: list[tuple[int, list[int]]] | None = None,
                   later_masks: Mapping[int, Any] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +91,8 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
 
     ``frames``: float (T,3,H,W) in [0,1] (any H, W: padded to multiples of 16 inside, centred, and
     cropped back). ``first_mask``: integer label map (H,W) (torch or numpy), ids 0..N with objects
-    1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells).
+    1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells);
+    ``mem_every`` the period of permanent memory frames (a profile's ``inference`` gives both).
     Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
     given mask one-hot) and uint8 label maps (T,H,W). If ``trace`` is a list, ``(t, frames in
     memory)`` is appended for every segmented frame — what was actually read, for inspection.
@@ -133,12 +113,7 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     device = next(model.parameters()).device
     # First frame of each object (row o-1): an object takes part from the frame after it.
     first_seen = torch.tensor([appear[o] for o in range(1, n_obj + 1)], device=device)
-    schedule = memory_schedule(num_frames, mem_every, keep=later)
-    # Last step at which each frame is read; a memorised frame is dropped after it.
-    last_use: dict[int, int] = {}
-    for t, mem in enumerate(schedule):
-        for f in mem:
-            last_use[f] = t
+    bank = MemoryBank(memory_schedule(num_frames, mem_every, keep=later))
     was_training = model.training
     model.eval()
 
@@ -146,39 +121,18 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     probs[0] = F.one_hot(labels0, n_obj + 1).permute(2, 0, 1).float()
     try:
         with torch.inference_mode():
-            keys = values = None            # (N,Ck,S,h,w) slot buffers, allocated at first use
-            slot_of: dict[int, int] = {}    # memorised frame → slot in the buffers
-            frame_in_slot: dict[int, int] = {}  # slot → frame whose key/value it holds
-            free: list[int] = []
-            n_slots = max(len(m) for m in schedule)
             for t in range(1, num_frames):
-                for f in schedule[t]:
-                    if f in slot_of:
-                        continue
+                for f in bank.missing(t):
                     # Encoded once, with the frame's own soft prediction (the given mask for frame 0).
-                    frame_p, pad = pad_divide_by(frames[f].to(device))
+                    frame_p, _ = pad_divide_by(frames[f].to(device))
                     mask, other = _memory_masks(probs[f].to(device))
                     mask_p, _ = pad_divide_by(mask)
                     other_p, _ = pad_divide_by(other)
-                    k, v = model.encode_memory(frame_p.expand(n_obj, -1, -1, -1), mask_p, other_p)
-                    if keys is None:
-                        keys = k.new_empty(n_obj, k.shape[1], n_slots, *k.shape[2:])
-                        values = v.new_empty(n_obj, v.shape[1], n_slots, *v.shape[2:])
-                        free = list(range(n_slots))
-                    slot = min(free)
-                    free.remove(slot)
-                    keys[:, :, slot], values[:, :, slot] = k, v
-                    slot_of[f] = slot
-                    frame_in_slot[slot] = f
-                slots = [slot_of[f] for f in schedule[t]]
-                if slots == list(range(slots[0], slots[0] + len(slots))):
-                    mem_k = keys[:, :, slots[0]:slots[0] + len(slots)]   # a view, no copy
-                    mem_v = values[:, :, slots[0]:slots[0] + len(slots)]
-                else:
-                    idx = torch.tensor(slots, device=keys.device)
-                    mem_k, mem_v = keys.index_select(2, idx), values.index_select(2, idx)
+                    bank.insert(f, *model.encode_memory(frame_p.expand(n_obj, -1, -1, -1), mask_p,
+                                                        other_p))
+                mem_k, mem_v = bank.read(t)
                 if trace is not None:
-                    trace.append((t, sorted(frame_in_slot[s] for s in slots)))
+                    trace.append((t, bank.frames(t)))
                 frame_p, pad = pad_divide_by(frames[t].to(device))
                 qk, qv, f8, f4 = model.encode_query(frame_p[None])
                 fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma)   # N,Hp,Wp
@@ -196,9 +150,7 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                         pix = later[t] == obj
                         probs[t][:, pix] = 0.0
                         probs[t][obj, pix] = 1.0
-                for f in schedule[t]:
-                    if last_use[f] == t:
-                        free.append(slot_of.pop(f))
+                bank.release(t)
     finally:
         model.train(was_training)
     return probs, labels_from_probs(probs)
@@ -222,104 +174,3 @@ def labels_from_probs(probs: torch.Tensor) -> torch.Tensor:
         if c < n - 1:
             best = torch.maximum(best, channel)
     return labels
-
-
-def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Label maps (T,H',W') of (T,C,H,W) probabilities resized bilinearly to ``size`` = (H',W').
-
-    Frame by frame, so memory stays that of one upsampled frame.
-    """
-    out = torch.empty(probs.shape[0], *size, dtype=torch.uint8)
-    for t in range(probs.shape[0]):
-        up = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
-        out[t] = labels_from_probs(up)
-    return out
-
-
-def _given_masks(seq: Any) -> tuple[int, dict[int, torch.Tensor], list[int]]:
-    """The annotations inference starts from: (first frame, {frame: label map 1..N}, dataset ids).
-
-    The first annotated frame gives every object in it (void 255 counts as background); a later
-    first annotation (YouTube-VOS) gives only the objects that first appear there. Object ``k`` of
-    the maps is ``ids[k-1]`` of the dataset.
-    """
-    appear = dict(seq.first_frame)
-    start = min(appear.values(), default=0)
-    masks: dict[int, np.ndarray] = {}
-    ids: list[int] = []
-    for f in sorted(set(appear.values()) | {start}):
-        m = seq.load_mask(f).astype(np.int64)
-        m[m == VOID] = 0
-        if f != start:
-            new = [o for o, g in appear.items() if g == f]
-            m[~np.isin(m, new)] = 0
-        present = sorted(int(i) for i in np.unique(m) if i != 0)
-        if not present:
-            raise ValueError(f"{seq.mask_paths[f]}: "
-                             + ("first-frame annotation holds no object" if f == start else
-                                f"none of the objects {new} said to appear here"))
-        masks[f], ids = m, ids + [i for i in present if i not in ids]
-    lut = np.zeros(max(ids) + 1, dtype=np.int64)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    return start, {f: torch.from_numpy(lut[m]) for f, m in masks.items()}, ids
-
-
-def run_dataset(model: torch.nn.Module, dataset: Iterable[Any], out_dir: str | os.PathLike, *,
-                sigma: float | None = 7.0, mem_every: int = 5,
-                resolution_out: tuple[int, int] | str | None = None,
-                infer_height: int | None = None, sequences: Sequence[str] | None = None,
-                device: str | torch.device = "cpu") -> dict[str, float]:
-    """Segment every sequence of ``dataset`` and write ``out_dir/<seq>/<frame>.png`` label maps.
-
-    ``dataset`` is an iterable of :class:`~kmnlib.data.video.VideoSequence` (DAVIS or YouTube-VOS
-    readers); ``sequences`` restricts it to those names. The first annotation gives the objects
-    (void 255 counts as background); objects whose first annotation comes later (YouTube-VOS,
-    ``seq.first_frame``) join there (:func:`segment_video`'s ``later_masks``). Frames before the
-    first annotation are written as background. Ids are mapped to 1..N for the model and back to
-    the dataset's ids in the PNGs. ``infer_height`` downsizes frames (bilinear, antialiased; given
-    masks nearest) to that height, keeping the aspect ratio. ``resolution_out``: None writes at
-    the inference size, ``"gt"`` at the sequence's stored size, ``(H, W)`` at that size; resizing is
-    bilinear on the probabilities followed by argmax (never nearest on labels). The model is moved
-    to ``device``. Returns seconds per frame of ``segment_video`` (reading/writing excluded), by name.
-    """
-    out_dir = Path(out_dir)
-    model.to(device)
-    wanted = set(sequences) if sequences is not None else None
-    timings: dict[str, float] = {}
-    for seq in dataset:
-        if wanted is not None and seq.name not in wanted:
-            continue
-        first_frame, given, ids = _given_masks(seq)
-        frames = frames_to_tensor(seq.load_frames(range(first_frame, len(seq))))
-        if infer_height is not None and infer_height != frames.shape[-2]:
-            h = int(infer_height)
-            w = max(1, round(frames.shape[-1] * h / frames.shape[-2]))
-            frames = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False,
-                                   antialias=True).clamp_(0.0, 1.0)
-            for f, m in given.items():
-                small = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
-                if set(torch.unique(small).tolist()) != set(torch.unique(m).tolist()):
-                    raise ValueError(f"{seq.mask_paths[f]}: an object vanishes when the mask is "
-                                     f"resized to {h}x{w}; use a larger infer_height")
-                given[f] = small
-        later = {f - first_frame: m for f, m in given.items() if f != first_frame}
-        start = time.perf_counter()
-        probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
-                                      mem_every=mem_every, later_masks=later)
-        timings[seq.name] = (time.perf_counter() - start) / len(frames)
-        size = tuple(labels.shape[-2:])
-        if resolution_out is not None:
-            size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
-            if len(size) != 2:
-                raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), got {resolution_out!r}")
-            if size != tuple(labels.shape[-2:]):
-                labels = _resized_labels(probs, size)
-        if first_frame:
-            labels = torch.cat([labels.new_zeros(first_frame, *size), labels])
-        back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids
-        out_labels = back[labels.long()].numpy()
-        for i, path in enumerate(seq.frame_paths):
-            write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", out_labels[i])
-    if wanted is not None and (missing := wanted - set(timings)):
-        raise KeyError(f"run_dataset: sequences not in the dataset: {sorted(missing)}")
-    return timings

@@ -172,3 +172,10 @@ def read_weights(mem_key: torch.Tensor, query_key: torch.Tensor, query_yx: tuple
                            for s in range(0, n_mem, step)])
         weights = torch.softmax(logit, dim=0)
     return weights.view(t, h, w)
+
+
+def sigma_label(sigma: float | None) -> str:
+    """Human label of a read: ``σ=7`` for the kernel, ``STM read (σ=∞)`` for ``None``."""
+    if sigma is None or (isinstance(sigma, float) and math.isinf(sigma)):
+        return "STM read (σ=∞)"
+    return f"σ={sigma:g}"

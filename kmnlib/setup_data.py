@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from kmnlib.config import REPO_ROOT
+from kmnlib.config import DATA_ENV, REPO_ROOT, resolve_data_root
 
 DATASETS = ("DAVIS-2016", "static")
 DOWNLOAD_HINT = """\
@@ -24,8 +24,8 @@ DAVIS-2016 was not found. Either
 
 def link_shared_data(repo_root: Path = REPO_ROOT, shared: Path | None = None) -> list[str]:
     """Create the data links; return a list of human-readable lines describing what was done."""
-    if os.environ.get("KMN_DATA"):
-        return [f"using KMN_DATA={os.environ['KMN_DATA']} (no links made)"]
+    if os.environ.get(DATA_ENV):
+        return [f"using {DATA_ENV}={resolve_data_root()} (no links made)"]
     shared = shared or repo_root.parent / "shared" / "data"
     data_dir = repo_root / "data"
     data_dir.mkdir(exist_ok=True)
@@ -45,7 +45,7 @@ def link_shared_data(repo_root: Path = REPO_ROOT, shared: Path | None = None) ->
 def main() -> int:
     for line in link_shared_data():
         print(line)
-    root = Path(os.environ.get("KMN_DATA") or REPO_ROOT / "data")
+    root = resolve_data_root()
     if not (root / "DAVIS-2016" / "ImageSets" / "2016").is_dir():
         print(DOWNLOAD_HINT, file=sys.stderr)
         return 1

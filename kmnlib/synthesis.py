@@ -77,15 +77,14 @@ def _progress(step: int, total: int, ramp_fraction: float) -> float:
     return min(1.0, step / (ramp_fraction * total))
 
 
-def has_probability(step: int, total: int, p_start: float = 0.0, p_end: float = 0.5,
-                    ramp_fraction: float = 1.0) -> float:
+def has_probability(step: int, total: int, p_start: float, p_end: float,
+                    ramp_fraction: float) -> float:
     """Hide-and-Seek probability at ``step``: linear from ``p_start`` (step 0) to ``p_end``
     (reached at ``ramp_fraction * total`` and held after)."""
     return p_start + (p_end - p_start) * _progress(step, total, ramp_fraction)
 
 
-def max_gap(step: int, total: int, start: int = 0, end: int = 25,
-            ramp_fraction: float = 1.0) -> int:
+def max_gap(step: int, total: int, start: int, end: int, ramp_fraction: float) -> int:
     """Maximum frame gap at ``step``: linear from ``start`` to ``end`` over
     ``ramp_fraction * total`` steps, rounded half up (so it is non-decreasing in ``step``)."""
     return int(math.floor(start + (end - start) * _progress(step, total, ramp_fraction) + 0.5))
@@ -117,7 +116,7 @@ def _as_float_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=True)
 
 
-def hide_and_seek(image: np.ndarray, mask: np.ndarray, *, grid: int = 24, p: float,
+def hide_and_seek(image: np.ndarray, mask: np.ndarray, *, grid: int, p: float,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hide each of ``grid × grid`` cells with probability ``p``.
 
@@ -338,10 +337,9 @@ def _hide_frames(frames: np.ndarray, masks: np.ndarray, *, grid: int, p: float,
 
 
 # ----------------------------------------------------------------------------- static clips
-def synthesize_clip(image: np.ndarray, mask: np.ndarray, *, size: int, n_frames: int = 3,
-                    hide_p: float, rng: np.random.Generator, grid: int = 24,
-                    max_objects: int = 3, aug: AugmentConfig | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthesize_clip(image: np.ndarray, mask: np.ndarray, *, size: int, n_frames: int,
+                    hide_p: float, rng: np.random.Generator, grid: int, max_objects: int,
+                    aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A training clip from one static image + instance mask (see the module docstring).
 
     ``image``: uint8 (H,W,3) or float in [0,1]; ``mask``: integer (H,W) ids, 0 = background,
@@ -351,7 +349,6 @@ def synthesize_clip(image: np.ndarray, mask: np.ndarray, *, size: int, n_frames:
     The hiding draws come after every geometry and colour draw, so the same rng state with
     ``hide_p=0`` gives the same clip without the hidden cells (``kmnlib.train`` relies on it).
     """
-    aug = aug or AugmentConfig()
     if not 0.0 <= hide_p <= 1.0:
         raise ValueError(f"hiding probability must be in [0, 1], got {hide_p}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -410,8 +407,7 @@ def _annotated_indices(seq: SequenceLike) -> list[int]:
 
 
 def sample_video_clip(seq: SequenceLike, *, size: int, gap: int, rng: np.random.Generator,
-                      n_frames: int = 3, max_objects: int = 3,
-                      aug: AugmentConfig | None = None
+                      n_frames: int, max_objects: int, aug: AugmentConfig
                       ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A training clip from a video (see the module docstring).
 
@@ -419,7 +415,6 @@ def sample_video_clip(seq: SequenceLike, *, size: int, gap: int, rng: np.random.
     frame indices)``; every id 1..K is visible in frame 0. ``ValueError`` naming the sequence
     when it is too short or no draw shows an object in the reference frame.
     """
-    aug = aug or AugmentConfig()
     name = getattr(seq, "name", repr(seq))
     usable = _annotated_indices(seq)
     if len(usable) < n_frames:
@@ -467,48 +462,34 @@ def _to_item(frames: np.ndarray, masks: np.ndarray, hidden: np.ndarray, **extra:
 
 class StaticClipDataset(torch.utils.data.Dataset):
     """Hide-and-Seek clips from static image folders (``len(f)``, ``f[i] -> (image, labels,
-    name)``). Item ``index`` belongs to step ``index // batch_size``; see the module docstring.
+    name)``), drawn as pre-training ``stage`` says (crop size, grid, ramp, objects, augmentation,
+    ``iterations`` × ``batch_size`` items). Item ``index`` belongs to step ``index // batch_size``;
+    see the module docstring. ``hide=False`` is the no-HaS arm (p = 0 throughout).
 
-    Items: ``frames`` float (3,3,S,S) in [0,1], ``masks`` long (3,S,S) ids 0..K, ``num_objects``
-    K, ``hidden`` bool (3,grid,grid), ``name`` (folder root / image name).
+    Items: ``frames`` float (T,3,S,S) in [0,1], ``masks`` long (T,S,S) ids 0..K, ``num_objects``
+    K, ``hidden`` bool (T,grid,grid), ``name`` (folder root / image name).
     """
 
-    def __init__(self, folders: Sequence[Any], size: int, grid: int = 24, max_objects: int = 3,
-                 hide: bool = True, seed: int = 0, *, total_steps: int = 1_000_000,
-                 batch_size: int = 1, p_start: float = 0.0, p_end: float = 0.5,
-                 ramp_fraction: float = 1.0, n_frames: int = 3,
-                 aug: AugmentConfig | None = None) -> None:
+    def __init__(self, folders: Sequence[Any], stage: StageConfig, *, hide: bool, seed: int) -> None:
         self.folders = list(folders)
         self.sizes = np.array([len(f) for f in self.folders], dtype=np.int64)
         if self.sizes.sum() == 0:
             raise ValueError(f"no images in the static folders {[_root(f) for f in self.folders]}")
-        cell_edges(size, grid)  # fail early on an impossible grid
+        cell_edges(stage.crop_size, stage.has_grid)  # fail early on an impossible grid
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        self.size, self.grid, self.max_objects, self.hide, self.seed = (
-            size, grid, max_objects, hide, seed)
-        self.total_steps, self.batch_size, self.n_frames = total_steps, batch_size, n_frames
-        self.p_start, self.p_end, self.ramp_fraction = p_start, p_end, ramp_fraction
-        self.aug = aug or AugmentConfig()
+        self.stage, self.hide, self.seed = stage, hide, seed
         self._perm: dict[int, np.ndarray] = {}
 
-    @classmethod
-    def from_stage(cls, folders: Sequence[Any], stage: StageConfig, *, hide: bool = True,
-                   seed: int = 0) -> "StaticClipDataset":
-        """The dataset a pre-training stage config describes."""
-        return cls(folders, stage.crop_size, stage.has_grid, stage.max_objects, hide, seed,
-                   total_steps=stage.iterations, batch_size=stage.batch_size,
-                   p_start=stage.has_p_start, p_end=stage.has_p_end,
-                   ramp_fraction=stage.ramp_fraction, aug=stage.augment)
-
     def __len__(self) -> int:
-        return self.total_steps * self.batch_size
+        return self.stage.iterations * self.stage.batch_size
 
     def hide_p(self, index: int) -> float:
         """The Hide-and-Seek probability used for item ``index``."""
         if not self.hide:
             return 0.0
-        return has_probability(index // self.batch_size, self.total_steps, self.p_start,
-                               self.p_end, self.ramp_fraction)
+        st = self.stage
+        return has_probability(index // st.batch_size, st.iterations, st.has_p_start,
+                               st.has_p_end, st.ramp_fraction)
 
     def _load(self, flat: int) -> tuple[np.ndarray, np.ndarray, str]:
         f = int(np.searchsorted(self.offsets, flat, side="right") - 1)
@@ -518,6 +499,7 @@ class StaticClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:
             raise IndexError(f"negative clip index {index}")
+        st = self.stage
         rng = np.random.default_rng([self.seed, index])
         total = int(self.offsets[-1])
         flat = _epoch_choice(index, total, self.seed, self._perm)
@@ -527,8 +509,8 @@ class StaticClipDataset(torch.utils.data.Dataset):
             image, labels, name = self._load(flat)
             try:
                 frames, masks, hidden = synthesize_clip(
-                    image, labels, size=self.size, n_frames=self.n_frames, hide_p=p, rng=rng,
-                    grid=self.grid, max_objects=self.max_objects, aug=self.aug)
+                    image, labels, size=st.crop_size, n_frames=st.n_frames, hide_p=p, rng=rng,
+                    grid=st.has_grid, max_objects=st.max_objects, aug=st.augment)
             except NoObjectError:
                 tried.append(name)
                 flat = int(rng.integers(total))
@@ -540,54 +522,40 @@ class StaticClipDataset(torch.utils.data.Dataset):
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
-    """Main-training clips from videos (:class:`kmnlib.data.video.VideoSequence`-like). Item
-    ``index`` belongs to step ``index // batch_size``, whose :func:`max_gap` bounds the gaps.
+    """Main-training clips from videos (:class:`kmnlib.data.video.VideoSequence`-like), drawn as
+    the video ``stage`` says. Item ``index`` belongs to step ``index // batch_size``, whose
+    :func:`max_gap` bounds the gaps.
 
-    Items as :class:`StaticClipDataset` (``hidden`` all False, grid ``size // 16`` unless
-    given) plus ``frame_indices`` long (3,).
+    Items as :class:`StaticClipDataset` (``hidden`` all False on the stage's ``has_grid``) plus
+    ``frame_indices`` long (T,).
     """
 
-    def __init__(self, sequences: Sequence[SequenceLike], size: int, max_objects: int = 3,
-                 seed: int = 0, *, total_steps: int = 1_000_000, batch_size: int = 1,
-                 gap_start: int = 0, gap_end: int = 25, ramp_fraction: float = 1.0,
-                 n_frames: int = 3, grid: int | None = None,
-                 aug: AugmentConfig | None = None) -> None:
+    def __init__(self, sequences: Sequence[SequenceLike], stage: StageConfig, *, seed: int) -> None:
         self.sequences = list(sequences)
         if not self.sequences:
             raise ValueError("VideoClipDataset needs at least one sequence")
-        self.size, self.max_objects, self.seed = size, max_objects, seed
-        self.total_steps, self.batch_size, self.n_frames = total_steps, batch_size, n_frames
-        self.gap_start, self.gap_end, self.ramp_fraction = gap_start, gap_end, ramp_fraction
-        self.grid = grid if grid is not None else max(1, size // 16)
-        self.aug = aug or AugmentConfig()
+        self.stage, self.seed = stage, seed
         self._perm: dict[int, np.ndarray] = {}
 
-    @classmethod
-    def from_stage(cls, sequences: Sequence[SequenceLike], stage: StageConfig, *,
-                   seed: int = 0) -> "VideoClipDataset":
-        """The dataset a main-training stage config describes."""
-        return cls(sequences, stage.crop_size, stage.max_objects, seed,
-                   total_steps=stage.iterations, batch_size=stage.batch_size,
-                   gap_start=stage.gap_start, gap_end=stage.gap_end,
-                   ramp_fraction=stage.ramp_fraction, grid=stage.has_grid, aug=stage.augment)
-
     def __len__(self) -> int:
-        return self.total_steps * self.batch_size
+        return self.stage.iterations * self.stage.batch_size
 
     def max_gap(self, index: int) -> int:
         """The maximum frame gap used for item ``index``."""
-        return max_gap(index // self.batch_size, self.total_steps, self.gap_start,
-                       self.gap_end, self.ramp_fraction)
+        st = self.stage
+        return max_gap(index // st.batch_size, st.iterations, st.gap_start, st.gap_end,
+                       st.ramp_fraction)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:
             raise IndexError(f"negative clip index {index}")
+        st = self.stage
         rng = np.random.default_rng([self.seed, index])
         seq = self.sequences[_epoch_choice(index, len(self.sequences), self.seed, self._perm)]
         frames, masks, idx = sample_video_clip(
-            seq, size=self.size, gap=self.max_gap(index), rng=rng, n_frames=self.n_frames,
-            max_objects=self.max_objects, aug=self.aug)
-        hidden = np.zeros((self.n_frames, self.grid, self.grid), dtype=bool)
+            seq, size=st.crop_size, gap=self.max_gap(index), rng=rng, n_frames=st.n_frames,
+            max_objects=st.max_objects, aug=st.augment)
+        hidden = np.zeros((st.n_frames, st.has_grid, st.has_grid), dtype=bool)
         return _to_item(frames, masks, hidden, name=getattr(seq, "name", repr(seq)),
                         frame_indices=torch.tensor(idx, dtype=torch.long))
 

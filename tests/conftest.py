@@ -2,31 +2,27 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kmnlib.config import REPO_ROOT
-
-
-def _candidates(name: str) -> list[Path]:
-    """``$KMN_DATA/<name>``, ``<repo>/data/<name>``, ``<repo>/../shared/data/<name>``, in order."""
-    out = []
-    if os.environ.get("KMN_DATA"):
-        out.append(Path(os.environ["KMN_DATA"]).expanduser() / name)
-    out += [REPO_ROOT / "data" / name, REPO_ROOT.parent / "shared" / "data" / name]
-    return out
+from kmnlib.config import resolve_data_root
 
 
 def _find(name: str, marker: str) -> Path:
-    tried = _candidates(name)
-    for path in tried:
-        if (path / marker).exists():
-            return path.resolve()
-    pytest.skip(f"{name} not found (looked for {marker} under: {', '.join(map(str, tried))}); "
-                f"run `make data` or set KMN_DATA, see data/README.md")
+    """``<data root>/<name>`` (:func:`kmnlib.config.resolve_data_root`), or skip with the reason."""
+    path = resolve_data_root() / name
+    if (path / marker).exists():
+        return path.resolve()
+    pytest.skip(f"{name} not found ({path / marker} missing); run `make data` or set KMN_DATA, "
+                f"see data/README.md")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The data root holding DAVIS-2016 and the static sets (what `make data` links)."""
+    return _find("DAVIS-2016", "ImageSets/2016").parent
 
 
 @pytest.fixture(scope="session")

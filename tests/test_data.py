@@ -102,7 +102,7 @@ def test_davis2016_val_real(davis_root: Path) -> None:
 
 
 def test_davis2016_train_real_and_resolution_error(davis_root: Path) -> None:
-    ds = open_video_dataset("DAVIS-2016:train", root=davis_root, resolution="240p")
+    ds = open_video_dataset("DAVIS-2016:train", davis_root.parent, resolution="240p")
     assert len(ds) == 30 and ds.names == (davis_root / "ImageSets/2016/train.txt").read_text().split()
     assert sum(len(s) for s in ds) == 2079  # SOURCE.md: 2079 train frames
     s = ds[0]
@@ -120,7 +120,7 @@ def test_davis2016_train_real_and_resolution_error(davis_root: Path) -> None:
 # ----------------------------------------------------------------------------- DAVIS 2017 fixture
 def test_davis2017_palette_void_three_objects(tmp_path: Path) -> None:
     root = make_davis(tmp_path / "D17")
-    ds = DAVISDataset(root, year=2017, split="val")
+    ds = DAVISDataset(root, year=2017, split="val", resolution="480p")
     assert ds.names == ["dance", "walk"]
     s = ds["walk"]
     assert isinstance(s, VideoSequence) and len(s) == 5 and s.size == (H, W)
@@ -139,7 +139,7 @@ def test_davis2017_palette_void_three_objects(tmp_path: Path) -> None:
 
 def test_year_2016_collapses_objects(tmp_path: Path) -> None:
     root = make_davis(tmp_path / "D", year="2016", seqs=("dance",))
-    s = DAVISDataset(root, year="2016", split="val")[0]
+    s = DAVISDataset(root, year="2016", split="val", resolution="480p")[0]
     assert s.object_ids == [1]
     m = s.load_masks([2])[0]
     expected = np.where(three_objects(2) == 255, 255, (three_objects(2) > 0).astype(np.uint8))
@@ -163,7 +163,8 @@ def test_youtube_vos_train_every_fifth_and_mid_video_object(tmp_path: Path) -> N
 
 
 def test_youtube_vos_valid_first_appearance_only(tmp_path: Path) -> None:
-    ds = open_video_dataset("YouTube-VOS:valid", root=make_youtube(tmp_path / "YT", "valid"))
+    ds = open_video_dataset("YouTube-VOS:valid", make_youtube(tmp_path / "YouTube-VOS", "valid").parent,
+                            resolution="480p")
     s = ds[0]
     assert s.annotated == [0, 10] and s.first_frame == {1: 0, 3: 10}
     m = s.load_mask(10)
@@ -223,7 +224,7 @@ def test_static_layouts(tmp_path: Path) -> None:
 
 
 def test_static_real_sets(static_root: Path) -> None:
-    horse = open_static_dataset("weizmann-horse", root=static_root / "weizmann-horse")
+    horse = open_static_dataset("weizmann-horse", static_root.parent)
     assert horse.layout == "images-masks" and len(horse) == 328
     image, labels, name = horse[0]
     assert labels.shape == image.shape[:2] and set(np.unique(labels).tolist()) == {0, 1}
@@ -260,17 +261,17 @@ def test_label_map_round_trip(tmp_path: Path) -> None:
 def test_davis_missing_frame_and_sequence(tmp_path: Path) -> None:
     root = make_davis(tmp_path / "D17")
     (root / "JPEGImages/480p/dance/00003.jpg").unlink()
-    ds = DAVISDataset(root, year="2017", split="val")
+    ds = DAVISDataset(root, year="2017", split="val", resolution="480p")
     with pytest.raises(FileNotFoundError) as exc:
         ds["dance"]
     assert_names(exc, root / "JPEGImages/480p/dance/00003.jpg")
     assert ds["walk"].num_objects == 3  # other sequences still usable
     (root / "ImageSets/2017/val.txt").write_text("dance\nghost\n")
     with pytest.raises(FileNotFoundError) as exc:
-        DAVISDataset(root, year="2017", split="val")
+        DAVISDataset(root, year="2017", split="val", resolution="480p")
     assert_names(exc, root / "JPEGImages/480p/ghost")
     with pytest.raises(FileNotFoundError) as exc:
-        DAVISDataset(root, year="2017", split="test-dev")
+        DAVISDataset(root, year="2017", split="test-dev", resolution="480p")
     assert_names(exc, root / "ImageSets/2017/test-dev.txt")
 
 
@@ -282,7 +283,7 @@ def test_davis_size_mismatch(tmp_path: Path) -> None:
     write_label_map(later, three_objects(0, size=(H, W - 4)))
     frame = root / "JPEGImages/480p/walk/00004.jpg"
     save_jpg(frame, 0, size=(H, W + 8))
-    ds = DAVISDataset(root, year="2017", split="val")
+    ds = DAVISDataset(root, year="2017", split="val", resolution="480p")
     with pytest.raises(ValueError) as exc:
         ds["dance"]  # caught from the headers when the sequence is opened
     assert_names(exc, first)
@@ -305,7 +306,7 @@ def test_corrupt_files(tmp_path: Path) -> None:
     bad_mask.write_bytes(b"\x89PNG garbage")
     bad_first = root / "JPEGImages/480p/dance/00000.jpg"
     bad_first.write_bytes(b"")
-    ds = DAVISDataset(root, year="2017", split="val")
+    ds = DAVISDataset(root, year="2017", split="val", resolution="480p")
     walk = ds["walk"]
     for path, call in ((bad_frame, lambda: walk.load_frames([2])),
                        (truncated, lambda: walk.load_frames([3])),
@@ -321,14 +322,14 @@ def test_empty_first_mask_and_too_many_objects(tmp_path: Path) -> None:
     root = make_davis(tmp_path / "D17")
     first = root / "Annotations/480p/dance/00000.png"
     write_label_map(first, np.where(three_objects(0) == 255, 255, 0).astype(np.uint8))  # void only
-    ds = DAVISDataset(root, year="2017", split="val")
+    ds = DAVISDataset(root, year="2017", split="val", resolution="480p")
     with pytest.raises(ValueError) as exc:
         ds["dance"]
     assert_names(exc, first)
     assert "no object" in str(exc.value)
-    assert DAVISDataset(root, year="2017", split="val")["walk"].num_objects == 3  # default cap 10
+    assert DAVISDataset(root, year="2017", split="val", resolution="480p")["walk"].num_objects == 3  # default cap 10
     with pytest.raises(ValueError) as exc:
-        DAVISDataset(root, year="2017", split="val", max_objects=2)["walk"]
+        DAVISDataset(root, year="2017", split="val", resolution="480p", max_objects=2)["walk"]
     assert_names(exc, root / "Annotations/480p/walk/00000.png")
     assert "max_objects=2" in str(exc.value)
 

@@ -123,7 +123,7 @@ def test_extra_result_ids_are_ignored(davis_root, tmp_path):
 
 
 def test_bad_arguments(davis_root, tmp_path):
-    with pytest.raises(ValueError, match="not in DAVIS-2016 val"):
+    with pytest.raises(ValueError, match=r"val.txt: sequences \[.bear.\] are not in it"):
         evaluate_davis(davis_root, tmp_path, "2016", "val", sequences=["bear"])  # a train sequence
     with pytest.raises(ValueError, match="year"):
         evaluate_davis(davis_root, tmp_path, "2018", "val")

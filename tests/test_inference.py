@@ -16,15 +16,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kmnlib.config import TEST, data_root
+from kmnlib.config import TEST, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.masks import read_label_map
-from kmnlib.data.video import VideoSequence, frames_to_tensor
-from kmnlib.inference import labels_from_probs, memory_schedule, run_dataset, segment_video
+from kmnlib.data.video import SequenceList, VideoSequence, frames_to_tensor
+from kmnlib.inference import labels_from_probs, segment_video
+from kmnlib.memory_bank import memory_schedule
+from kmnlib.predict import run_dataset
 from kmnlib.model.network import KMN
 from kmnlib.model.stm_checkpoint import load_stm_checkpoint, stm_model_config, to_stm_state_dict
 
-pytestmark = pytest.mark.skipif(not (data_root() / "DAVIS-2016").is_dir(),
+DAVIS16 = resolve_data_root() / "DAVIS-2016"
+pytestmark = pytest.mark.skipif(not DAVIS16.is_dir(),
                                 reason="DAVIS-2016 not linked (run `make data`)")
 
 SIZE = (109, 187)  # not multiples of 16, odd padding on both axes: exercises the centred pad
@@ -32,7 +35,7 @@ SIZE = (109, 187)  # not multiples of 16, odd padding on both axes: exercises th
 
 def _clip(n_frames: int, size=SIZE, name: str = "blackswan"):
     """First frames of a real DAVIS-2016 val sequence, downsized; first mask nearest-resized."""
-    seq = DAVISDataset(year="2016", split="val", resolution="480p")[name]
+    seq = DAVISDataset(DAVIS16, year="2016", split="val", resolution="480p")[name]
     frames = F.interpolate(frames_to_tensor(seq.load_frames(range(n_frames))), size=size,
                            mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     mask = torch.from_numpy(seq.load_mask(0).astype(np.int64))
@@ -221,12 +224,13 @@ def test_segment_video_outputs_and_memory(lite_model):
 def test_two_objects_and_numpy_mask(lite_model):
     frames, mask = _clip(4)
     mask2 = _two_objects(mask)
-    probs, labels = segment_video(lite_model, frames, mask2.numpy().astype(np.uint8), mem_every=5)
+    probs, labels = segment_video(lite_model, frames, mask2.numpy().astype(np.uint8), sigma=7.0,
+                                  mem_every=5)
     assert probs.shape == (4, 3, *SIZE)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(4, *SIZE), rtol=0, atol=1e-5)
     assert torch.equal(labels[0].long(), mask2)
     assert set(torch.unique(labels).tolist()) <= {0, 1, 2}
-    probs_t, _ = segment_video(lite_model, frames, mask2, mem_every=5)
+    probs_t, _ = segment_video(lite_model, frames, mask2, sigma=7.0, mem_every=5)
     torch.testing.assert_close(probs_t, probs)
 
 
@@ -234,13 +238,13 @@ def test_kernel_and_training_state(lite_model):
     frames, mask = _clip(3)
     lite_model.train()
     try:
-        p_km, _ = segment_video(lite_model, frames, mask, sigma=0.5)
+        p_km, _ = segment_video(lite_model, frames, mask, sigma=0.5, mem_every=5)
         assert lite_model.training  # restored
     finally:
         lite_model.eval()
-    p_stm, _ = segment_video(lite_model, frames, mask, sigma=None)
+    p_stm, _ = segment_video(lite_model, frames, mask, sigma=None, mem_every=5)
     # Inference ran in eval mode (else BatchNorm would use batch statistics) and the kernel is used.
-    p_km_eval, _ = segment_video(lite_model, frames, mask, sigma=0.5)
+    p_km_eval, _ = segment_video(lite_model, frames, mask, sigma=0.5, mem_every=5)
     torch.testing.assert_close(p_km, p_km_eval)
     assert (p_km[1:] - p_stm[1:]).abs().max() > 1e-6
 
@@ -255,23 +259,23 @@ def test_kernel_and_training_state(lite_model):
 def test_bad_first_mask_errors(lite_model, bad, match):
     frames, mask = _clip(2)
     with pytest.raises(ValueError, match=match):
-        segment_video(lite_model, frames, bad(mask))
+        segment_video(lite_model, frames, bad(mask), sigma=7.0, mem_every=5)
 
 
 def test_bad_frames_error(lite_model):
     frames, mask = _clip(2)
     with pytest.raises(ValueError, match=r"\[0,1\]"):
-        segment_video(lite_model, frames * 255, mask)
+        segment_video(lite_model, frames * 255, mask, sigma=7.0, mem_every=5)
     with pytest.raises(ValueError, match="T,3,H,W"):
-        segment_video(lite_model, frames[0], mask)
+        segment_video(lite_model, frames[0], mask, sigma=7.0, mem_every=5)
 
 
 def test_run_dataset_writes_pngs(lite_model, tmp_path):
-    full = DAVISDataset(year="2016", split="train", resolution="240p")["bear"]
+    full = DAVISDataset(DAVIS16, year="2016", split="train", resolution="240p")["bear"]
     seq = VideoSequence(name="bear", frame_paths=full.frame_paths[:4], mask_paths=full.mask_paths[:4],
                         object_ids=full.object_ids, size=full.size, binary=True)
-    timings = run_dataset(lite_model, [seq], tmp_path, sigma=7.0, mem_every=5, resolution_out="gt",
-                          infer_height=64)
+    timings = run_dataset(lite_model, SequenceList([seq]), tmp_path, sigma=7.0, mem_every=5,
+                          resolution_out="gt", infer_height=64)
     assert set(timings) == {"bear"} and timings["bear"] > 0
     written = sorted((tmp_path / "bear").glob("*.png"))
     assert [p.stem for p in written] == [p.stem for p in seq.frame_paths]
@@ -281,8 +285,10 @@ def test_run_dataset_writes_pngs(lite_model, tmp_path):
     gt = seq.load_mask(0)
     assert (first == gt).mean() > 0.97
     assert set(np.unique(read_label_map(written[-1])).tolist()) <= {0, 1}
-    with pytest.raises(KeyError, match="nope"):
-        run_dataset(lite_model, [seq], tmp_path / "x", sequences=["nope"])
+    with pytest.raises(ValueError, match="nope"):
+        run_dataset(lite_model, SequenceList([seq]), tmp_path / "x", sigma=7.0, mem_every=5,
+                    infer_height=64, resolution_out="gt", sequences=["nope"])
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 11])
@@ -345,7 +351,7 @@ def test_object_given_mid_video(lite_model):
 def test_bad_later_masks(lite_model, later, match):
     frames, mask = _clip(8)
     with pytest.raises(ValueError, match=match):
-        segment_video(lite_model, frames, mask, later_masks=later)
+        segment_video(lite_model, frames, mask, sigma=7.0, mem_every=5, later_masks=later)
 
 
 def test_run_dataset_youtube_vos_objects_join_late(lite_model, youtube_valid, tmp_path):
@@ -353,8 +359,8 @@ def test_run_dataset_youtube_vos_objects_join_late(lite_model, youtube_valid, tm
 
     root, box = youtube_valid
     ds = YouTubeVOSDataset(root, split="valid")
-    timings = run_dataset(lite_model, ds, tmp_path / "out", sigma=7.0, infer_height=64,
-                          resolution_out="gt")
+    timings = run_dataset(lite_model, ds, tmp_path / "out", sigma=7.0, mem_every=5,
+                          infer_height=64, resolution_out="gt")
     assert set(timings) == {"vid"}
     written = sorted((tmp_path / "out" / "vid").glob("*.png"))
     assert [p.stem for p in written] == [f"{5 * t:05d}" for t in range(9)]

@@ -1,8 +1,8 @@
-"""kmnlib.study: the papermill runner (failure handling, kernel) and a smoke run of every notebook."""
+"""The study layer: the papermill runner (failure handling, kernel), settings, training of the arms,
+YouTube-VOS packaging, and a smoke run of every notebook."""
 from __future__ import annotations
 
 import json
-
 import sys
 from pathlib import Path
 
@@ -10,14 +10,15 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
-from kmnlib import report, study
+from kmnlib.checkpoints import load_checkpoint
 from kmnlib.config import get_profile
+from kmnlib.study import paper, runner, runs, session, training
 
-PARAMS = ('profile = "mini"\ndata_root = None\nout_dir = None\nseed = None\ndevice = "cpu"\n'
-          'force = False')
+PARAMS = 'profile = "mini"\noverrides = {}'
 
 
 def _notebook(path: Path, body: str) -> None:
@@ -35,22 +36,24 @@ def _outputs_text(path: Path) -> str:
 
 
 def test_runner_stops_at_a_failing_notebook_and_keeps_earlier_outputs(tmp_path, monkeypatch,
-                                                                      capsys) -> None:
+                                                                      capsys, data_root) -> None:
     nbs, out = tmp_path / "nbs", tmp_path / "out"
     nbs.mkdir()
     _notebook(nbs / "01_pretrain_static.ipynb",
               "import sys, pathlib\nprint('KERNEL', sys.executable)\n"
-              "pathlib.Path(out_dir, 'ran_01').write_text(str(extra))")
+              "pathlib.Path(overrides['out_dir'], 'ran_01').write_text(str(overrides['seed']))")
     _notebook(nbs / "02_train_video.ipynb", "raise RuntimeError('boom in 02')")
-    _notebook(nbs / "03_evaluate.ipynb", "import pathlib\npathlib.Path(out_dir, 'ran_03').touch()")
+    _notebook(nbs / "03_evaluate.ipynb",
+              "import pathlib\npathlib.Path(overrides['out_dir'], 'ran_03').touch()")
     # Outputs of an earlier, successful run of 02 must survive the failing run.
     old = out / "notebooks" / "02_train_video.html"
     old.parent.mkdir(parents=True)
     old.write_text("earlier report")
-    monkeypatch.setattr(study, "NOTEBOOK_DIR", nbs)
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
 
-    rc = study.main(["--profile", "test", "--out-dir", str(out), "--only", "01_pretrain_static",
-                     "02_train_video", "03_evaluate", "--params-json", '{"extra": 41}'])
+    rc = runner.main(["--profile", "test", "--out-dir", str(out), "--only", "01_pretrain_static",
+                      "02_train_video", "03_evaluate", "--params-json",
+                      json.dumps({"seed": 41, "data_root": str(data_root)})])
     assert rc == 1
     assert "boom in 02" in capsys.readouterr().err
     assert (out / "ran_01").read_text() == "41"  # --params-json reached the notebook
@@ -75,12 +78,13 @@ def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypa
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "01_pretrain_static.ipynb",
-              "import pathlib\npathlib.Path(out_dir, 'from_notebook').write_text(data_root)")
-    monkeypatch.setattr(study, "NOTEBOOK_DIR", nbs)
+              "import pathlib\npathlib.Path(overrides['out_dir'], 'from_notebook')"
+              ".write_text(overrides['data_root'])")
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
     monkeypatch.chdir(tmp_path)  # notebooks execute in nbs/, the study starts from tmp_path
-    (tmp_path / "mydata").mkdir()
-    rc = study.main(["--profile", "test", "--out-dir", "rel/out", "--only", "01_pretrain_static",
-                     "--params-json", '{"data_root": "mydata"}'])
+    (tmp_path / "mydata" / "DAVIS-2016").mkdir(parents=True)
+    rc = runner.main(["--profile", "test", "--out-dir", "rel/out", "--only", "01_pretrain_static",
+                      "--params-json", '{"data_root": "mydata"}'])
     assert rc == 0
     out = tmp_path / "rel" / "out"
     assert (out / "from_notebook").read_text() == str(tmp_path / "mydata")
@@ -88,80 +92,86 @@ def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypa
     assert not (nbs / "rel").exists()
 
 
-def test_runner_rejects_bad_arguments(tmp_path, capsys) -> None:
-    assert study.main(["--profile", "test", "--out-dir", str(tmp_path), "--only", "07_x"]) == 2
+def test_runner_rejects_bad_arguments(tmp_path, capsys, data_root) -> None:
+    common = ["--out-dir", str(tmp_path / "o"), "--params-json", json.dumps({"data_root": str(data_root)})]
+    assert runner.main(["--profile", "test", "--only", "07_x", *common]) == 2
     assert "unknown notebook" in capsys.readouterr().err
-    assert study.main(["--profile", "nope", "--out-dir", str(tmp_path)]) == 2
-    with pytest.raises(SystemExit):
-        study.main(["--profile", "test", "--params-json", "[1, 2]"])
+    assert runner.main(["--profile", "nope", *common]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+    assert runner.main(["--profile", "test", "--out-dir", str(tmp_path), "--params-json", "[1, 2]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
+    assert runner.main(["--profile", "test", "--out-dir", str(tmp_path / "o"),
+                        "--params-json", '{"data_root": "/nonexistent/place"}']) == 2
+    assert "/nonexistent/place/DAVIS-2016" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
-def test_open_study_checks_its_parameters(tmp_path, davis_root) -> None:
-    with pytest.raises(ValueError, match="'big'"):
-        study.resolution_height("big")
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "DAVIS-2016")):
-        study.open_study("test", data_root=tmp_path, out_dir=tmp_path / "o")
-    s = study.open_study("test", data_root=davis_root.parent, out_dir=tmp_path / "o",
-                         resolution="120p", iterations=3)
-    assert s.iterations_of("main") == 3 and study.resolution_height(s.resolution) == 120
-    assert "3+3 it" in s.protocol("main") and "120p" in s.protocol("main")
+def test_overrides_are_checked_and_applied(tmp_path, data_root) -> None:
+    with pytest.raises(ValueError, match=str(tmp_path / "DAVIS-2016")):
+        session.resolve_study("test", {"data_root": str(tmp_path)})
+    with pytest.raises(ValueError, match="'pretrain.iterationz'.*unknown setting 'iterationz'"):
+        session.resolve_study("test", {"pretrain.iterationz": 3})
+    with pytest.raises(ValueError, match="'main.iterations'.*expected int.*'3'"):
+        session.resolve_study("test", {"main.iterations": "3"})
+    with pytest.raises(ValueError, match="'sequences'.*expected a list"):
+        session.resolve_study("test", {"sequences": "blackswan"})
+    s = session.resolve_study("test", {"data_root": str(data_root), "out_dir": str(tmp_path / "o"),
+                                       "inference.infer_height": 120, "main.iterations": 3,
+                                       "pretrain.iterations": 3, "sequences": ["blackswan"]})
+    assert s.profile.main.iterations == 3 and s.profile.inference.infer_height == 120
+    assert s.sequences == ["blackswan"] and s.out_dir == tmp_path / "o"
+    label = runs.protocol(s, "main")
+    assert "3+3 it" in label and "120p" in label and "1 val sequence(s) only" in label
+    assert not (tmp_path / "o").exists()  # resolving touches nothing
 
 
-def test_train_arms_side_by_side_equals_one_after_the_other(tmp_path, davis_root, static_root
-                                                            ) -> None:
-    import torch
-
-    from kmnlib.train import load_checkpoint
-
-    if davis_root.parent != static_root.parent:
-        pytest.skip("DAVIS-2016 and static sets must share one data root")
-    runs = {}
+def test_train_arms_side_by_side_equals_one_after_the_other(tmp_path, data_root) -> None:
+    trained = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' setting, so the two runs compute identically
     try:
         for workers in (1, 2):
-            s = study.open_study("test", data_root=davis_root.parent, out_dir=tmp_path / str(workers),
-                                 iterations=2, progress=False)
-            runs[workers] = study.train_arms(s, "pretrain", workers=workers)
+            s = session.open_study("test", {"data_root": str(data_root),
+                                            "out_dir": str(tmp_path / str(workers)),
+                                            "pretrain.iterations": 2, "train_workers": workers})
+            trained[workers] = training.train_arms(s, "pretrain")
     finally:
         torch.set_num_threads(threads)
-    assert list(runs[2]) == list(study.ARMS) == ["HaS", "no HaS"]
-    for arm in study.ARMS:
-        a, b = (load_checkpoint(runs[w][arm])["model"] for w in (1, 2))
-        assert runs[2][arm].parent == tmp_path / "2" / "checkpoints"
+    assert list(trained[2]) == list(training.ARMS) == ["HaS", "no HaS"]
+    for arm in training.ARMS:
+        a, b = (load_checkpoint(trained[w][arm])["model"] for w in (1, 2))
+        assert trained[2][arm].parent == tmp_path / "2" / "checkpoints"
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), arm
     # The arms differ (HaS hides cells, no-HaS does not), so the comparison above is not vacuous.
-    has, nohas = (load_checkpoint(runs[1][arm])["model"] for arm in study.ARMS)
+    has, nohas = (load_checkpoint(trained[1][arm])["model"] for arm in training.ARMS)
     assert any(not torch.equal(has[k], nohas[k]) for k in has)
     with pytest.raises(ValueError, match="stage"):
-        study.train_arms(s, "finetune")
+        training.train_arms(s, "finetune")
 
 
-def test_predict_youtube_vos_writes_a_server_submission(youtube_valid, davis_root, static_root,
-                                                        monkeypatch) -> None:
+def test_predict_youtube_vos_writes_a_server_submission(youtube_valid, davis_root, static_root
+                                                        ) -> None:
     import zipfile
-
-    from kmnlib.train import train_stage
 
     yt_root, _ = youtube_valid
     data = yt_root.parent
     (data / "DAVIS-2016").symlink_to(davis_root)
     (data / "static").symlink_to(static_root)
-    monkeypatch.setenv("KMN_DATA", str(data))  # open_study exports it; restored after the test
-    s = study.open_study("test", data_root=data, out_dir=data.parent / "out", iterations=1,
-                         progress=False)
-    assert study.youtube_vos_splits(s) == ["valid"]
-    ckpt = train_stage(s.profile, "pretrain", s.checkpoints, iterations=1, progress=False)
-    res = study.predict_youtube_vos(s, ckpt, "has", sigma=7.0)
+    s = session.open_study("test", {"data_root": str(data), "out_dir": str(data.parent / "out"),
+                                    "pretrain.iterations": 1})
+    assert runs.youtube_vos_splits(s) == ["valid"]
+    ckpt = training.pretrained(s, hide=True)
+    res = runs.predict_youtube_vos(s, ckpt, "has", sigma=7.0, split="valid")
     assert not res["cached"] and res["videos"] == 1 and res["s_per_frame"] > 0
     assert res["run_dir"] == s.out_dir / "has_sigma7_youtube-vos-valid"
     with zipfile.ZipFile(res["submission"]) as z:
         names = sorted(n for n in z.namelist() if not n.endswith("/"))  # files, not folder entries
     # The server's layout: Annotations/<video>/<frame>.png for every frame of the split.
     assert names == [f"Annotations/vid/{5 * t:05d}.png" for t in range(9)]
-    again = study.predict_youtube_vos(s, ckpt, "has", sigma=7.0)
+    again = runs.predict_youtube_vos(s, ckpt, "has", sigma=7.0, split="valid")
     assert again["cached"] and again["submission"] == res["submission"]
-    assert study.predict_youtube_vos(s, ckpt, "has", sigma=None)["run"] == "has_stm_youtube-vos-valid"
+    assert runs.predict_youtube_vos(s, ckpt, "has", sigma=None, split="valid")["run"] == \
+        "has_stm_youtube-vos-valid"
 
 
 # ----------------------------------------------------------------------------- notebook smoke run
@@ -169,30 +179,29 @@ SMOKE_SEQUENCES = ["car-shadow", "motocross-jump"]  # the two shortest val video
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, davis_root, static_root) -> Path:
-    if davis_root.parent != static_root.parent:
-        pytest.skip("DAVIS-2016 and static sets must share one data root for the notebooks")
+def smoke_run(tmp_path_factory, data_root) -> Path:
     out = tmp_path_factory.mktemp("study") / "test"
     # Inference at the test profile's tiny infer_height; evaluation at the stored 480p.
     # One torch thread: with other jobs on the CPU, two threads per process are far slower.
-    params = {"data_root": str(davis_root.parent), "sequences": SMOKE_SEQUENCES, "threads": 1}
-    study.run_study("test", out_dir=out, params=params, log=lambda _: None)
+    overrides = {"data_root": str(data_root), "out_dir": str(out), "sequences": SMOKE_SEQUENCES,
+                 "threads": 1}
+    runner.run_study("test", overrides, log=lambda _: None)
     return out
 
 
 @pytest.mark.slow
 def test_every_notebook_runs_and_writes_its_outputs(smoke_run: Path, davis_root: Path) -> None:
     out = smoke_run
-    for name in study.NOTEBOOKS:
+    for name in runner.NOTEBOOKS:
         assert (out / "notebooks" / f"{name}.ipynb").is_file(), name
         html = (out / "notebooks" / f"{name}.html").read_text()
         assert "<html" in html and "data:image/png;base64" in html, name
         assert not (out / "notebooks" / f"{name}.failed.ipynb").exists()
     times = pd.read_csv(out / "stage_times.csv")
-    assert list(times["notebook"]) == list(study.NOTEBOOKS)
+    assert list(times["notebook"]) == list(runner.NOTEBOOKS)
     assert (times["status"] == "ok").all() and (times["seconds"] > 0).all()
     index = (out / "index.html").read_text()
-    assert all(f'href="notebooks/{n}.html"' in index for n in study.NOTEBOOKS)
+    assert all(f'href="notebooks/{n}.html"' in index for n in runner.NOTEBOOKS)
     for fig in ("01_pretrain_loss", "01_synthetic_clip_0", "02_main_loss", "03_per_sequence",
                 "03_overlays_best_worst", "04_sigma_curve", "05_loss_map_0_hidden",
                 "06_fig1_read_weights"):
@@ -225,8 +234,10 @@ def test_evaluation_tables_agree_with_the_evaluation_csvs(smoke_run: Path) -> No
     sweep = pd.read_csv(out / "tables" / "04_sigma_sweep.csv")
     sigmas = get_profile("test").inference.sigma_sweep
     assert len(sweep) == len(sigmas) and (sweep["model"] == "HaS").all()
-    # Every sweep run was computed up front (03 / evaluate_many in 04) and read back, not rerun.
-    assert sweep["cached"].all()
+    # Runs made by notebook 03 were reused by 04, not recomputed: their run.json predates 04's.
+    t03_marker = (out / "has_sigma7" / "run.json").stat().st_mtime_ns
+    assert t03_marker < (out / "has_sigma3" / "run.json").stat().st_mtime_ns
+    assert t03_marker < (out / "notebooks" / "03_evaluate.ipynb").stat().st_mtime_ns
     assert (out / "has_sigma3" / "run.json").is_file()
     assert json.loads((out / "has_sigma3" / "run.json").read_text())["sigma"] == 3.0
     has = sweep[sweep["model"] == "HaS"].set_index("run")["J&F"]
@@ -237,15 +248,15 @@ def test_evaluation_tables_agree_with_the_evaluation_csvs(smoke_run: Path) -> No
 def test_tables_notebook_shows_the_papers_numbers(smoke_run: Path) -> None:
     out = smoke_run
     t1 = pd.read_csv(out / "tables" / "06_table1.csv")
-    paper = t1[t1["source"] == report.PAPER].reset_index(drop=True)
-    expect = report.paper_table1()
+    published = t1[t1["source"] == paper.PAPER].reset_index(drop=True)
+    expect = paper.paper_table1()
     for col in ("method", "training_data", "dataset", "J&F", "J", "F", "s/frame"):
-        assert paper[col].tolist() == expect[col].tolist(), col
+        assert published[col].tolist() == expect[col].tolist(), col
     ours = t1[t1["source"] == "ours"]
     assert len(ours) == 3 and ours["protocol"].str.contains("efficientnet_lite0").all()
     assert np.allclose(ours["J&F"], (ours["J"] + ours["F"]) / 2, atol=0.06)
     t3 = pd.read_csv(out / "tables" / "06_table3.csv")
-    p3 = t3[t3["source"] == report.PAPER]
+    p3 = t3[t3["source"] == paper.PAPER]
     assert p3["DAVIS16 J&F"].tolist() == [81.3, 87.1, 87.2, 87.6, 86.5]
     assert p3["YouTube-VOS overall"].tolist() == [79.0, 79.5, 81.0, 81.4, 79.4]
     assert (t3["source"] == "ours").sum() == 4

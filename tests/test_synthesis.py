@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from kmnlib.config import IMAGENET_MEAN, AugmentConfig, data_root
+from kmnlib.config import IMAGENET_MEAN, AugmentConfig, StageConfig, resolve_data_root
 from kmnlib.synthesis import (StaticClipDataset, VideoClipDataset, cell_edges,
                               collate_clips, has_probability, hidden_pixels, hide_and_seek,
                               max_gap, sample_frame_indices, sample_video_clip, synthesize_clip)
 
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+AUG = AugmentConfig()
 NO_JITTER = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+CLIP = dict(n_frames=3)  # the paper's 3-frame clips
 # Pure colours painted on a background whose channels stay in [40, 215]: a pixel within 0.01 of
 # one of these can only come from the painted instance (or bilinear blending at its edge).
 COLOURS = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
@@ -59,21 +61,21 @@ def colour_of(pixels: np.ndarray) -> int:
 
 # ----------------------------------------------------------------------------------- schedules
 def test_schedules_end_points_and_monotone() -> None:
-    assert has_probability(0, 1000) == 0.0
-    assert has_probability(1000, 1000) == pytest.approx(0.5)
-    assert has_probability(400, 1000, ramp_fraction=0.4) == pytest.approx(0.5)
-    assert has_probability(900, 1000, ramp_fraction=0.4) == pytest.approx(0.5)  # held
-    assert has_probability(250, 1000) == pytest.approx(0.125)
-    assert max_gap(0, 1000) == 0 and max_gap(1000, 1000) == 25
-    assert max_gap(500, 1000, start=5, end=25) == 15
+    assert has_probability(0, 1000, 0.0, 0.5, 1.0) == 0.0
+    assert has_probability(1000, 1000, 0.0, 0.5, 1.0) == pytest.approx(0.5)
+    assert has_probability(400, 1000, 0.0, 0.5, ramp_fraction=0.4) == pytest.approx(0.5)
+    assert has_probability(900, 1000, 0.0, 0.5, ramp_fraction=0.4) == pytest.approx(0.5)  # held
+    assert has_probability(250, 1000, 0.0, 0.5, 1.0) == pytest.approx(0.125)
+    assert max_gap(0, 1000, 0, 25, 1.0) == 0 and max_gap(1000, 1000, 0, 25, 1.0) == 25
+    assert max_gap(500, 1000, start=5, end=25, ramp_fraction=1.0) == 15
     p = [has_probability(s, 777, 0.0, 0.5, 0.8) for s in range(800)]
     g = [max_gap(s, 777, 0, 25, 0.8) for s in range(800)]
     assert all(b >= a for a, b in zip(p, p[1:])) and all(b >= a for a, b in zip(g, g[1:]))
     assert set(g) == set(range(26)) and all(isinstance(x, int) for x in g)
     with pytest.raises(ValueError):
-        max_gap(0, 0)
+        max_gap(0, 0, 0, 25, 1.0)
     with pytest.raises(ValueError):
-        has_probability(-1, 10)
+        has_probability(-1, 10, 0.0, 0.5, 1.0)
 
 
 # ------------------------------------------------------------------------------ Hide-and-Seek
@@ -123,7 +125,7 @@ def test_static_clip_mask_follows_image_and_ids_are_consistent() -> None:
         rng = np.random.default_rng(seed)
         image, mask = painted_scene(rng)
         frames, masks, hidden = synthesize_clip(image, mask, size=96, hide_p=0.3, rng=rng,
-                                                grid=6, max_objects=3, aug=NO_JITTER)
+                                                grid=6, max_objects=3, aug=NO_JITTER, **CLIP)
         assert frames.shape == (3, 96, 96, 3) and frames.dtype == np.float32
         assert masks.shape == (3, 96, 96) and hidden.shape == (3, 6, 6)
         k = int(masks.max())
@@ -153,14 +155,14 @@ def test_static_clip_object_selection() -> None:
         rng = np.random.default_rng(100 + seed)
         image, mask = painted_scene(rng)
         _, masks, _ = synthesize_clip(image, mask, size=64, hide_p=0.5, rng=rng, grid=8,
-                                      max_objects=3)
+                                      max_objects=3, aug=AUG, **CLIP)
         ids = np.unique(masks[0])
         k = int(masks.max())
         seen_k.add(k)
         assert ids.tolist() == list(range(k + 1))  # consecutive, all present in frame 0
         assert set(np.unique(masks).tolist()) <= set(range(k + 1))
         _, m1, _ = synthesize_clip(image, mask, size=64, hide_p=0.0, rng=rng, grid=8,
-                                   max_objects=1)
+                                   max_objects=1, aug=AUG, **CLIP)
         assert m1.max() == 1
     assert 3 in seen_k  # five large instances: three are usually visible
 
@@ -168,14 +170,15 @@ def test_static_clip_object_selection() -> None:
 def test_static_clip_full_hiding_keeps_reference_unhidden() -> None:
     rng = np.random.default_rng(5)
     image, mask = painted_scene(rng, n=1)
-    frames, masks, hidden = synthesize_clip(image, mask, size=64, hide_p=1.0, rng=rng, grid=8)
+    frames, masks, hidden = synthesize_clip(image, mask, size=64, hide_p=1.0, rng=rng, grid=8,
+                                            max_objects=3, aug=AUG, **CLIP)
     assert not hidden[0].any() and masks[0].max() == 1  # fallback documented in the module
     assert hidden[1:].all() and (masks[1:] == 0).all() and np.allclose(frames[1:], MEAN)
 
 
 def test_hiding_only_changes_hidden_cells() -> None:
     image, mask = painted_scene(np.random.default_rng(9))
-    kw = dict(size=64, grid=8, max_objects=3)
+    kw = dict(size=64, grid=8, max_objects=3, aug=AUG, **CLIP)
     f0, m0, h0 = synthesize_clip(image, mask, hide_p=0.0, rng=np.random.default_rng(4), **kw)
     f1, m1, h1 = synthesize_clip(image, mask, hide_p=0.4, rng=np.random.default_rng(4), **kw)
     assert not h0.any() and h1.any()
@@ -188,24 +191,24 @@ def test_static_clip_without_object_raises() -> None:
     image = np.zeros((50, 60, 3), np.uint8)
     with pytest.raises(ValueError, match="no object"):
         synthesize_clip(image, np.zeros((50, 60), np.uint8), size=32, hide_p=0.0,
-                        rng=np.random.default_rng(0), grid=4)
+                        rng=np.random.default_rng(0), grid=4, max_objects=3, aug=AUG, **CLIP)
     with pytest.raises(ValueError, match="does not match"):
         synthesize_clip(image, np.zeros((40, 60), np.uint8), size=32, hide_p=0.0,
-                        rng=np.random.default_rng(0), grid=4)
+                        rng=np.random.default_rng(0), grid=4, max_objects=3, aug=AUG, **CLIP)
 
 
 @pytest.fixture(scope="module")
 def coco():
     from kmnlib.data import StaticImageFolder
-    root = data_root() / "static" / "coco-panoptic-200"
+    root = resolve_data_root() / "static" / "coco-panoptic-200"
     if not root.is_dir():
         pytest.skip(f"{root}: shared static data not linked")
     return StaticImageFolder(root)
 
 
 def test_static_dataset_items_deterministic_and_ramped(coco) -> None:
-    ds = StaticClipDataset([coco], size=96, grid=6, max_objects=3, hide=True, seed=0,
-                           total_steps=10, batch_size=2)
+    stage = StageConfig(iterations=10, batch_size=2, crop_size=96, has_grid=6, max_objects=3)
+    ds = StaticClipDataset([coco], stage, hide=True, seed=0)
     assert len(ds) == 20 and ds.hide_p(0) == 0.0 and ds.hide_p(19) == pytest.approx(0.45)
     item = ds[15]
     assert item["frames"].shape == (3, 3, 96, 96) and item["frames"].dtype == torch.float32
@@ -213,14 +216,14 @@ def test_static_dataset_items_deterministic_and_ramped(coco) -> None:
     assert item["masks"].dtype == torch.long and item["hidden"].shape == (3, 6, 6)
     assert 1 <= item["num_objects"] <= 3 and item["masks"].max() == item["num_objects"]
     assert item["hidden"].any()  # p = 0.35 at step 7
-    again = StaticClipDataset([coco], size=96, grid=6, seed=0, total_steps=10, batch_size=2)[15]
+    again = StaticClipDataset([coco], stage, hide=True, seed=0)[15]
     for key in ("frames", "masks", "hidden"):
         assert torch.equal(item[key], again[key])
-    other = StaticClipDataset([coco], size=96, grid=6, seed=1, total_steps=10, batch_size=2)[15]
+    other = StaticClipDataset([coco], stage, hide=True, seed=1)[15]
     assert not torch.equal(item["frames"], other["frames"])
     assert not torch.equal(item["frames"], ds[14]["frames"])
     assert not ds[0]["hidden"].any()  # p = 0 at step 0
-    no_hide = StaticClipDataset([coco], size=96, grid=6, hide=False, total_steps=10)
+    no_hide = StaticClipDataset([coco], replace(stage, batch_size=1), hide=False, seed=0)
     assert not no_hide[9]["hidden"].any()
 
 
@@ -235,7 +238,8 @@ def test_static_dataset_names_the_image_without_objects(tmp_path: Path) -> None:
             return np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8), "blank"
 
     with pytest.raises(ValueError, match="empty-set/blank"):
-        StaticClipDataset([Folder()], size=32, grid=4)[0]
+        StaticClipDataset([Folder()], StageConfig(iterations=1, batch_size=1, crop_size=32,
+                                                  has_grid=4), hide=True, seed=0)[0]
 
 
 # ------------------------------------------------------------------------------- video clips
@@ -278,7 +282,7 @@ def test_video_clip_alignment_on_moving_object() -> None:
     rng = np.random.default_rng(3)
     for _ in range(4):
         frames, masks, idx = sample_video_clip(FakeVideo(), size=96, gap=5, rng=rng,
-                                               aug=NO_JITTER)
+                                               aug=NO_JITTER, max_objects=3, **CLIP)
         assert idx == sorted(idx) and masks[0].max() >= 1
         for t in range(3):
             for obj in range(1, int(masks.max()) + 1):
@@ -294,16 +298,17 @@ def test_video_clip_alignment_on_moving_object() -> None:
 def test_video_clip_without_object_names_sequence() -> None:
     with pytest.raises(ValueError, match="blank-video"):
         sample_video_clip(FakeVideo("blank-video", empty=True), size=64, gap=3,
-                          rng=np.random.default_rng(0), aug=replace(AugmentConfig(), clip_tries=3))
+                          rng=np.random.default_rng(0), aug=replace(AugmentConfig(), clip_tries=3),
+                          max_objects=3, **CLIP)
     with pytest.raises(ValueError, match="short-video"):
         sample_video_clip(FakeVideo("short-video", n=2), size=64, gap=3,
-                          rng=np.random.default_rng(0))
+                          rng=np.random.default_rng(0), max_objects=3, aug=AUG, **CLIP)
 
 
 @pytest.fixture(scope="module")
 def davis_train():
     from kmnlib.data import DAVISDataset
-    root = data_root() / "DAVIS-2016"
+    root = resolve_data_root() / "DAVIS-2016"
     if not root.is_dir():
         pytest.skip(f"{root}: shared DAVIS data not linked")
     return DAVISDataset(root, year="2016", split="train", resolution="240p")
@@ -311,8 +316,9 @@ def davis_train():
 
 def test_video_dataset_on_davis_train(davis_train) -> None:
     seqs = [davis_train[i] for i in range(len(davis_train))]
-    ds = VideoClipDataset(seqs, size=96, max_objects=3, seed=0, total_steps=6, batch_size=2,
-                          gap_start=0, gap_end=25)
+    stage = StageConfig(iterations=6, batch_size=2, crop_size=96, has_grid=6, max_objects=3,
+                        gap_start=0, gap_end=25)
+    ds = VideoClipDataset(seqs, stage, seed=0)
     assert ds.max_gap(0) == 0 and ds.max_gap(11) == 21
     names = set()
     for index in (0, 1, 6, 11):
@@ -324,8 +330,7 @@ def test_video_dataset_on_davis_train(davis_train) -> None:
         assert item["frames"].shape == (3, 3, 96, 96) and not item["hidden"].any()
         names.add(item["name"])
     assert len(names) > 1  # the per-pass permutation visits different videos
-    assert torch.equal(ds[6]["frames"], VideoClipDataset(seqs, 96, seed=0, total_steps=6,
-                                                         batch_size=2)[6]["frames"])
+    assert torch.equal(ds[6]["frames"], VideoClipDataset(seqs, stage, seed=0)[6]["frames"])
     loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=range(4, 8), num_workers=1,
                                          collate_fn=collate_clips)
     batches = list(loader)

@@ -12,16 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from kmnlib import train
+from kmnlib.checkpoints import load_checkpoint, load_model, save_checkpoint
 from kmnlib.config import REPO_ROOT, get_profile
+from kmnlib.model import build_model
+from kmnlib.synthesis import collate_clips, max_gap
+from kmnlib.training import step as steps
+from kmnlib.training import train_stage
+from kmnlib.training.batches import build_clip_dataset
 
 PROFILE = get_profile("test")
 
 
-@pytest.fixture(autouse=True)
-def _data_env(static_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # train_stage reads data_root()/static/<set>; point it at wherever the fixtures found the data.
-    monkeypatch.setenv("KMN_DATA", str(static_root.parent))
+def _iters(n: int, stage: str = "pretrain"):
+    """The test profile with ``n`` iterations of ``stage``."""
+    return PROFILE.with_overrides({f"{stage}.iterations": n})
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +44,7 @@ def _losses(csv_path: Path) -> list[tuple[str, str, str, str]]:
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return train.load_checkpoint(path)["model"]
+    return load_checkpoint(path)["model"]
 
 
 class _Kill(KeyboardInterrupt):
@@ -54,38 +58,39 @@ def _kill_at(step: int):
     return cb
 
 
-def test_overfitting_one_real_clip_lowers_the_loss() -> None:
-    clips = train.build_clip_dataset(PROFILE, "pretrain", total=1, hide=False, seed=3)
-    from kmnlib.synthesis import collate_clips
+def test_overfitting_one_real_clip_lowers_the_loss(data_root: Path) -> None:
+    clips = build_clip_dataset(_iters(1).with_overrides({"seed": 3}), "pretrain", data_root,
+                               hide=False)
     batch = collate_clips([clips[0], clips[1]])
     torch.manual_seed(0)
-    from kmnlib.model import build_model
     model = build_model(PROFILE.model)
     model.train()
     model.freeze_bn()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    step_module = train.StepModule(model)
-    losses = [train.train_step(step_module, opt, scaler, batch, step=i, device=torch.device("cpu"))["loss"]
+    step_module = steps.StepModule(model)
+    losses = [steps.train_step(step_module, opt, scaler, batch, step=i, device=torch.device("cpu"))["loss"]
               for i in range(15)]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, data_root: Path) -> None:
     n = 4  # test profile: checkpoint every 2 iterations
-    straight = train.train_stage(PROFILE, "pretrain", tmp_path / "a", iterations=n, progress=False)
+    prof = _iters(n)
+    straight = train_stage(prof, "pretrain", tmp_path / "a", data_root=data_root, progress=False)
 
     out = tmp_path / "b"
     with pytest.raises(_Kill):
-        train.train_stage(PROFILE, "pretrain", out, iterations=n, progress=False, callback=_kill_at(3))
+        train_stage(prof, "pretrain", out, data_root=data_root, progress=False,
+                    callback=_kill_at(3))
     assert not (out / "pretrain.pt").exists()
-    assert train.load_checkpoint(out / "pretrain.last.pt")["step"] == 2
+    assert load_checkpoint(out / "pretrain.last.pt")["step"] == 2
     assert [r[0] for r in _losses(out / "pretrain.csv")] == ["1", "2", "3"]  # rows survive the kill
 
     seen: list[int] = []
-    resumed = train.train_stage(PROFILE, "pretrain", out, iterations=n, progress=False,
-                                callback=lambda d, m, l: seen.append(d))
+    resumed = train_stage(prof, "pretrain", out, data_root=data_root, progress=False,
+                          callback=lambda d, m, l: seen.append(d))
     assert seen == [3, 4]  # continued after the checkpoint, did not restart
     assert _losses(out / "pretrain.csv") == _losses(tmp_path / "a" / "pretrain.csv")
     a, b = _state(straight), _state(resumed)
@@ -93,15 +98,15 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert not (out / "pretrain.last.pt").exists()
 
     # A finished run is reused, not retrained; different settings are refused with the file named.
-    assert train.train_stage(PROFILE, "pretrain", out, iterations=n, progress=False,
-                             callback=_kill_at(1)) == resumed
+    assert train_stage(prof, "pretrain", out, data_root=data_root, progress=False,
+                       callback=_kill_at(1)) == resumed
     with pytest.raises(ValueError, match="pretrain.pt.*iterations"):
-        train.train_stage(PROFILE, "pretrain", out, iterations=n + 1, progress=False)
+        train_stage(_iters(n + 1), "pretrain", out, data_root=data_root, progress=False)
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = train.clip_losses
+        tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = steps.clip_losses
     calls = {"n": 0}
 
     def poisoned(model, batch, **kw):
@@ -111,15 +116,15 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
             out["loss_f2"] = out["loss_f2"] * float("nan")
         return out
 
-    monkeypatch.setattr(train, "clip_losses", poisoned)
-    with pytest.raises(train.TrainingDiverged, match=r"step 3: non-finite loss \(loss_f2=nan\).*pretrain.last.pt"):
-        train.train_stage(PROFILE, "pretrain", tmp_path, iterations=4, progress=False)
-    state = train.load_checkpoint(tmp_path / "pretrain.last.pt")
+    monkeypatch.setattr(steps, "clip_losses", poisoned)
+    with pytest.raises(steps.TrainingDiverged, match=r"step 3: non-finite loss \(loss_f2=nan\).*pretrain.last.pt"):
+        train_stage(_iters(4), "pretrain", tmp_path, data_root=data_root, progress=False)
+    state = load_checkpoint(tmp_path / "pretrain.last.pt")
     assert state["step"] == 2 and not state["finished"]
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (tmp_path / "pretrain.pt").exists()
     assert [r[0] for r in _losses(tmp_path / "pretrain.csv")] == ["1", "2"]
-    model = train.load_model(tmp_path / "pretrain.last.pt")  # the kept checkpoint is usable
+    model = load_model(tmp_path / "pretrain.last.pt")  # the kept checkpoint is usable
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -130,24 +135,20 @@ class _Unpicklable:
 
 def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "ck.pt"
-    train.save_checkpoint(path, {"model": {"w": torch.arange(3.0)}, "step": 1})
+    save_checkpoint(path, {"model": {"w": torch.arange(3.0)}, "step": 1})
     with pytest.raises(RuntimeError, match="boom"):
-        train.save_checkpoint(path, {"model": {"w": torch.zeros(1000)}, "step": 2, "bad": _Unpicklable()})
+        save_checkpoint(path, {"model": {"w": torch.zeros(1000)}, "step": 2, "bad": _Unpicklable()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # no partial temp file left
-    state = train.load_checkpoint(path)
+    state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.arange(3.0))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
-        train.load_checkpoint(tmp_path / "junk.pt")
+        load_checkpoint(tmp_path / "junk.pt")
 
 
-def test_main_stage_on_davis_train_starts_from_init(tmp_path: Path, davis_root: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    if davis_root.parent != Path(os.environ["KMN_DATA"]).resolve():
-        monkeypatch.setenv("KMN_DATA", str(davis_root.parent))  # DAVIS found elsewhere than static/
+def test_main_stage_on_davis_train_starts_from_init(tmp_path: Path, data_root: Path) -> None:
     torch.manual_seed(5)
-    from kmnlib.model import build_model
-    init = train.save_checkpoint(tmp_path / "init.pt", {"model": build_model(PROFILE.model).state_dict(),
+    init = save_checkpoint(tmp_path / "init.pt", {"model": build_model(PROFILE.model).state_dict(),
                                                         "profile": PROFILE.to_dict()})
     first: dict[str, torch.Tensor] = {}
 
@@ -155,29 +156,30 @@ def test_main_stage_on_davis_train_starts_from_init(tmp_path: Path, davis_root: 
         if done == 1:
             first.update({k: v.clone() for k, v in model.state_dict().items()})
 
-    out = train.train_stage(PROFILE, "main", tmp_path, init=init, iterations=2, progress=False, callback=grab)
+    out = train_stage(_iters(2, "main"), "main", tmp_path, data_root=data_root, init=init,
+                      progress=False, callback=grab)
     assert out.name == "main_from_init.pt"
     rows = list(csv.DictReader(open(tmp_path / "main_from_init.csv")))
-    from kmnlib.synthesis import max_gap
     cfg = PROFILE.main
-    assert [int(r["max_gap"]) for r in rows] == [max_gap(s, 2, cfg.gap_start, cfg.gap_end) for s in range(2)]
+    assert [int(r["max_gap"]) for r in rows] == [max_gap(s, 2, cfg.gap_start, cfg.gap_end,
+                                                         cfg.ramp_fraction) for s in range(2)]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     # Trained from the init weights: after one Adam step (lr 1e-4) they are still close to init.
-    src = train.load_checkpoint(init)["model"]
+    src = load_checkpoint(init)["model"]
     k = next(k for k, v in src.items() if v.is_floating_point() and v.numel() > 100)
     assert not torch.equal(first[k], src[k])
     assert (first[k] - src[k]).abs().max() <= 1.5e-4
 
 
 def test_loss_map_pair_shares_geometry_and_reports_hidden_cells(static_root: Path) -> None:
+    from kmnlib.analysis.loss_maps import loss_map_pair
     from kmnlib.data import StaticImageFolder
-    from kmnlib.model import build_model
 
     image, labels, _ = StaticImageFolder(static_root / "weizmann-horse")[0]
     torch.manual_seed(0)
     model = build_model(PROFILE.model)
     cfg = PROFILE.pretrain
-    maps = train.loss_map_pair(model, image, labels, size=cfg.crop_size, hide_p=0.5, seed=7, grid=cfg.has_grid)
+    maps = loss_map_pair(model, image, labels, cfg, hide_p=0.5, seed=7)
     plain, hidden = maps["plain"], maps["hidden"]
     s = cfg.crop_size
     assert plain["loss"].shape == (2, s, s) and plain["hidden"].shape == (3, cfg.has_grid, cfg.has_grid)
@@ -192,32 +194,34 @@ def test_loss_map_pair_shares_geometry_and_reports_hidden_cells(static_root: Pat
 
 DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
-    from kmnlib import train
+    from kmnlib.config import get_profile
+    from kmnlib.training import train_stage
     rank = int(os.environ["RANK"])
-    out, dump = sys.argv[1], sys.argv[2]
+    out, dump, data_root = sys.argv[1], sys.argv[2], sys.argv[3]
     losses = []
     def cb(done, model, l):
         losses.append(l["loss"])
         if done == 3:
             torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
                         "losses": losses}, f"{dump}/rank{rank}.pt")
-    train.train_stage("test", "pretrain", out, iterations=3, progress=False, callback=cb)
+    profile = get_profile("test").with_overrides({"pretrain.iterations": 3})
+    train_stage(profile, "pretrain", out, data_root=data_root, progress=False, callback=cb)
 """)
 
 
-def test_ddp_two_gloo_processes_keep_identical_replicas(tmp_path: Path) -> None:
+def test_ddp_two_gloo_processes_keep_identical_replicas(tmp_path: Path, data_root: Path) -> None:
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), str(tmp_path / "ck"), str(tmp_path)]
+           str(script), str(tmp_path / "ck"), str(tmp_path), str(data_root)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["params"].keys() == r1["params"].keys()
     assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
     assert r0["losses"] != r1["losses"]  # each rank trained on its own clips
-    final = train.load_checkpoint(tmp_path / "ck" / "pretrain.pt")
+    final = load_checkpoint(tmp_path / "ck" / "pretrain.pt")
     assert final["world_size"] == 2
     assert all(torch.equal(final["model"][k], r0["params"][k]) for k in final["model"])
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["pretrain.csv", "pretrain.pt"]

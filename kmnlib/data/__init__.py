@@ -1,15 +1,15 @@
 """Dataset readers: DAVIS 2016/2017, YouTube-VOS 2018, static image folders; mask I/O.
 
 Profiles name datasets as ``"<set>:<split>"`` (``"DAVIS-2016:val"``, ``"DAVIS-2017:train"``,
-``"YouTube-VOS:train"``) and static sets by folder name under ``data_root()/static``;
-:func:`open_video_dataset` and :func:`open_static_dataset` turn those names into readers.
+``"YouTube-VOS:train"``) and static sets by folder name under ``<data root>/static``;
+:func:`open_video_dataset` and :func:`open_static_dataset` turn those names into readers. The data
+root is always an argument (:func:`kmnlib.config.resolve_data_root` resolves it once, at the edge).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from kmnlib.config import data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.masks import VOID, davis_palette, read_label_map, write_label_map
 from kmnlib.data.static import StaticImageFolder, detect_layout
@@ -23,17 +23,17 @@ __all__ = [
 ]
 
 
-def open_video_dataset(spec: str, *, root: str | os.PathLike | None = None,
-                       resolution: str = "480p",
+def open_video_dataset(spec: str, data_root: str | os.PathLike, *, resolution: str,
                        max_objects: int = DEFAULT_MAX_OBJECTS) -> DAVISDataset | YouTubeVOSDataset:
-    """Reader for ``"DAVIS-2016:val"``-style names; ``root`` defaults to ``data_root()/<set>``.
+    """Reader for ``"DAVIS-2016:val"``-style names, found at ``<data_root>/<set>``.
 
-    ``resolution`` applies to DAVIS only (the shared DAVIS-2016 copy holds train at ``240p``).
+    ``resolution`` is the DAVIS frame folder (the shared DAVIS-2016 copy holds train at ``240p``);
+    YouTube-VOS ignores it.
     """
     name, sep, split = spec.partition(":")
     if not sep or not split:
         raise ValueError(f"video set {spec!r}: expected '<set>:<split>', e.g. 'DAVIS-2016:val'")
-    base = Path(root) if root is not None else data_root() / name
+    base = Path(data_root) / name
     if name in ("DAVIS-2016", "DAVIS-2017"):
         return DAVISDataset(base, year=name[-4:], split=split, resolution=resolution,
                             max_objects=max_objects)
@@ -43,6 +43,6 @@ def open_video_dataset(spec: str, *, root: str | os.PathLike | None = None,
                      f"(known: DAVIS-2016, DAVIS-2017, YouTube-VOS)")
 
 
-def open_static_dataset(name: str, *, root: str | os.PathLike | None = None) -> StaticImageFolder:
-    """Reader for a static set by folder name: ``root`` or ``data_root()/static/<name>``."""
-    return StaticImageFolder(Path(root) if root is not None else data_root() / "static" / name)
+def open_static_dataset(name: str, data_root: str | os.PathLike) -> StaticImageFolder:
+    """Reader for a static set by folder name: ``<data_root>/static/<name>``."""
+    return StaticImageFolder(Path(data_root) / "static" / name)

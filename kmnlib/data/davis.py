@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kmnlib.config import data_root
 from kmnlib.data.masks import VOID, read_label_map
 from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoDataset, VideoSequence, check_mask_size,
                                check_object_count, list_frames_and_masks)
@@ -25,27 +24,49 @@ from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoDataset, VideoSequence,
 YEARS = ("2016", "2017")
 
 
+def split_file(root: str | os.PathLike, year: str | int, split: str) -> Path:
+    """``<root>/ImageSets/<year>/<split>.txt``, the list of a split's sequences."""
+    return Path(root) / "ImageSets" / str(year) / f"{split}.txt"
+
+
+def read_split(root: str | os.PathLike, year: str | int, split: str) -> list[str]:
+    """Sequence names listed in ``ImageSets/<year>/<split>.txt``, in file order.
+
+    Lines may be bare names or the original DAVIS-2016 style ``/JPEGImages/480p/<seq>/00000.jpg
+    /Annotations/...`` frame pairs (a name then repeats once per frame; it is kept once).
+    """
+    path = split_file(root, year, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sequence list not found (is the DAVIS root the folder "
+                                f"holding ImageSets/, Annotations/, JPEGImages/? year {year}, "
+                                f"split {split!r})")
+    names: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split()[0].strip("/").split("/")
+        name = parts[2] if len(parts) >= 3 else parts[0]
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"{path}: the sequence list is empty")
+    return names
+
+
 class DAVISDataset(VideoDataset):
     """Sequences of one DAVIS split; ``ds[i]`` or ``ds["name"]`` gives a lazy ``VideoSequence``."""
 
-    def __init__(self, root: str | os.PathLike | None = None, year: str | int = "2016",
-                 split: str = "train", resolution: str = "480p", *,
+    def __init__(self, root: str | os.PathLike, year: str | int, split: str, resolution: str, *,
                  max_objects: int = DEFAULT_MAX_OBJECTS) -> None:
         self.year = str(year)
         if self.year not in YEARS:
             raise ValueError(f"DAVIS year must be one of {YEARS}, got {year!r}")
-        self.root = Path(root) if root is not None else data_root() / f"DAVIS-{self.year}"
+        self.root = Path(root)
         self.split, self.resolution, self.max_objects = split, resolution, max_objects
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: DAVIS root folder not found (see data/README.md)")
-        list_file = self.root / "ImageSets" / self.year / f"{split}.txt"
-        if not list_file.is_file():
-            raise FileNotFoundError(f"{list_file}: split list not found (year {self.year}, "
-                                    f"split {split!r})")
-        names = [ln.strip() for ln in list_file.read_text().splitlines()]
-        self.names: list[str] = [n for n in names if n]
-        if not self.names:
-            raise ValueError(f"{list_file}: split list is empty")
+        self.names: list[str] = read_split(self.root, self.year, split)
         # Folder checks are cheap stats; doing them now fails early rather than mid-training.
         for name in self.names:
             for kind in ("JPEGImages", "Annotations"):

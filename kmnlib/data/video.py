@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -183,6 +183,24 @@ class VideoSequence:
         return out
 
 
+def select_sequences(names: Sequence[str], wanted: Iterable[str] | None, source: str) -> list[str]:
+    """``names`` (in their order) restricted to ``wanted``; all of them when ``wanted`` is None.
+
+    A wanted name that is not in ``names`` is a ``ValueError`` naming ``source`` (the split list or
+    dataset it should be in) — never silently dropped.
+    """
+    if wanted is None:
+        return list(names)
+    if isinstance(wanted, str):
+        raise ValueError(f"{source}: sequences must be a list of names, got the string {wanted!r}")
+    wanted = list(wanted)
+    unknown = [s for s in wanted if s not in set(names)]
+    if unknown:
+        raise ValueError(f"{source}: sequences {unknown} are not in it")
+    keep = set(wanted)
+    return [n for n in names if n in keep]
+
+
 def check_object_count(path: Path, object_ids: list[int], max_objects: int) -> None:
     """Refuse an annotation with no object or with more than ``max_objects`` objects."""
     if not object_ids:
@@ -231,3 +249,17 @@ class VideoDataset:
         if name not in self._cache:
             self._cache[name] = self._load_sequence(name)
         return self._cache[name]
+
+
+class SequenceList(VideoDataset):
+    """A video reader over given :class:`VideoSequence` objects (subsets, derived test sets)."""
+
+    def __init__(self, sequences: Sequence[VideoSequence], label: str = "sequence list") -> None:
+        self.names = [s.name for s in sequences]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"{label}: duplicate sequence names {self.names}")
+        self._cache = {s.name: s for s in sequences}
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"SequenceList({self.label!r}, sequences={len(self)})"

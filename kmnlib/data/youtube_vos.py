@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from kmnlib.config import data_root
 from kmnlib.data.masks import read_label_map
 from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoDataset, VideoSequence, check_mask_size,
                                frame_sort_key, list_frames_and_masks)
@@ -32,9 +31,9 @@ class YouTubeVOSDataset(VideoDataset):
     ``strict`` (default) also reads each object's first annotation to check the object is there.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", *,
+    def __init__(self, root: str | os.PathLike, split: str, *,
                  max_objects: int = DEFAULT_MAX_OBJECTS, strict: bool = True) -> None:
-        self.root = Path(root) if root is not None else data_root() / "YouTube-VOS"
+        self.root = Path(root)
         self.split, self.max_objects, self.strict = split, max_objects, strict
         self.split_dir = self.root / split
         self.meta_path = self.split_dir / "meta.json"

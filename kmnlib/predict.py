@@ -1,0 +1,122 @@
+"""Dataset-level prediction: segment every video of a reader and write DAVIS-style result PNGs.
+
+Frames are read as stored, resized to the inference height, segmented by
+:func:`kmnlib.inference.segment_video`, and the probabilities resized back (bilinear, then argmax)
+to the size the results are evaluated at.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kmnlib.data.masks import VOID, write_label_map
+from kmnlib.data.video import VideoDataset, frames_to_tensor, select_sequences
+from kmnlib.inference import labels_from_probs, segment_video
+from kmnlib.model.ops import resize_frames, resize_labels
+
+
+def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label maps (T,H',W') of (T,C,H,W) probabilities resized bilinearly to ``size`` = (H',W').
+
+    Frame by frame, so memory stays that of one upsampled frame.
+    """
+    out = torch.empty(probs.shape[0], *size, dtype=torch.uint8)
+    for t in range(probs.shape[0]):
+        up = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
+        out[t] = labels_from_probs(up)
+    return out
+
+
+def _given_masks(seq: Any) -> tuple[int, dict[int, torch.Tensor], list[int]]:
+    """The annotations inference starts from: (first frame, {frame: label map 1..N}, dataset ids).
+
+    The first annotated frame gives every object in it (void 255 counts as background); a later
+    first annotation (YouTube-VOS) gives only the objects that first appear there. Object ``k`` of
+    the maps is ``ids[k-1]`` of the dataset.
+    """
+    appear = dict(seq.first_frame)
+    start = min(appear.values(), default=0)
+    masks: dict[int, np.ndarray] = {}
+    ids: list[int] = []
+    for f in sorted(set(appear.values()) | {start}):
+        m = seq.load_mask(f).astype(np.int64)
+        m[m == VOID] = 0
+        if f != start:
+            new = [o for o, g in appear.items() if g == f]
+            m[~np.isin(m, new)] = 0
+        present = sorted(int(i) for i in np.unique(m) if i != 0)
+        if not present:
+            raise ValueError(f"{seq.mask_paths[f]}: "
+                             + ("first-frame annotation holds no object" if f == start else
+                                f"none of the objects {new} said to appear here"))
+        masks[f], ids = m, ids + [i for i in present if i not in ids]
+    lut = np.zeros(max(ids) + 1, dtype=np.int64)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    return start, {f: torch.from_numpy(lut[m]) for f, m in masks.items()}, ids
+
+
+def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os.PathLike, *,
+                sigma: float | None, mem_every: int, infer_height: int | None,
+                resolution_out: tuple[int, int] | str | None,
+                sequences: Sequence[str] | None = None,
+                device: str | torch.device = "cpu") -> dict[str, float]:
+    """Segment every sequence of ``dataset`` and write ``out_dir/<seq>/<frame>.png`` label maps.
+
+    ``dataset`` is a video reader (:class:`~kmnlib.data.video.VideoDataset`: DAVIS or YouTube-VOS);
+    ``sequences`` restricts it to those names (each must be in it). The first annotation gives the
+    objects (void 255 counts as background); objects whose first annotation comes later
+    (YouTube-VOS, ``seq.first_frame``) join there (:func:`segment_video`'s ``later_masks``). Frames
+    before the first annotation are written as background. Ids are mapped to 1..N for the model
+    and back to the dataset's ids in the PNGs. ``infer_height`` downsizes frames
+    (:func:`~kmnlib.model.ops.resize_frames`; given masks nearest) to that height, keeping the
+    aspect ratio; None keeps the stored size. ``resolution_out``: None writes at the inference size,
+    ``"gt"`` at the sequence's stored size, ``(H, W)`` at that size; resizing is bilinear on the
+    probabilities followed by argmax (never nearest on labels). ``sigma``/``mem_every`` as in
+    :func:`segment_video`. The model is moved to ``device``. Returns seconds per frame of
+    ``segment_video`` (reading/writing excluded), by name.
+    """
+    if not (resolution_out is None or resolution_out == "gt"
+            or (isinstance(resolution_out, (tuple, list)) and len(resolution_out) == 2)):
+        raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), "
+                         f"got {resolution_out!r}")
+    out_dir = Path(out_dir)
+    names = select_sequences(dataset.names, sequences, repr(dataset))
+    model.to(device)
+    timings: dict[str, float] = {}
+    for name in names:
+        seq = dataset[name]
+        first_frame, given, ids = _given_masks(seq)
+        frames = frames_to_tensor(seq.load_frames(range(first_frame, len(seq))))
+        if infer_height is not None:
+            frames = resize_frames(frames, infer_height)
+            for f, m in given.items():
+                small = resize_labels(m, tuple(frames.shape[-2:]))
+                if set(torch.unique(small).tolist()) != set(torch.unique(m).tolist()):
+                    raise ValueError(f"{seq.mask_paths[f]}: an object vanishes when the mask is "
+                                     f"resized to {small.shape[0]}x{small.shape[1]}; use a larger "
+                                     f"infer_height")
+                given[f] = small
+        later = {f - first_frame: m for f, m in given.items() if f != first_frame}
+        start = time.perf_counter()
+        probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
+                                      mem_every=mem_every, later_masks=later)
+        timings[seq.name] = (time.perf_counter() - start) / len(frames)
+        size = tuple(labels.shape[-2:])
+        if resolution_out is not None:
+            size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
+            if size != tuple(labels.shape[-2:]):
+                labels = _resized_labels(probs, size)
+        if first_frame:
+            labels = torch.cat([labels.new_zeros(first_frame, *size), labels])
+        back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids
+        out_labels = back[labels.long()].numpy()
+        for i, path in enumerate(seq.frame_paths):
+            write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", out_labels[i])
+    return timings

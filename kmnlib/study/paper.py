@@ -1,0 +1,95 @@
+"""The paper's published numbers (Seong et al., ECCV 2020, Tables 1-3) and paper-beside-ours tables.
+
+Numbers are percent; "J&F" is the DAVIS global mean ("G"). Every row of ours must say how it was
+made (a ``protocol`` column): our runs are not the paper's protocol.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+PAPER = "Seong et al. 2020"
+PAPER_PROTOCOL = "published: ResNet-50, 384² crops, 480p, 1080Ti"
+
+# --- the paper's published numbers ------------------------------------------------------------
+# Table 1 (DAVIS 2016 / 2017 val): (method, training data, dataset, J&F, J, F).
+TABLE1: tuple[tuple[str, str, str, float, float, float], ...] = (
+    ("KMN", "static images only", "DAVIS16 val", 74.8, 74.7, 74.8),
+    ("KMN", "static images only", "DAVIS17 val", 68.9, 67.1, 70.8),
+    ("KMN", "static + DAVIS", "DAVIS16 val", 87.6, 87.1, 88.1),
+    ("KMN", "static + DAVIS", "DAVIS17 val", 76.0, 74.2, 77.8),
+    ("STM", "static + DAVIS", "DAVIS16 val", 86.5, 84.8, 88.1),
+    ("STM", "static + DAVIS", "DAVIS17 val", 71.6, 69.2, 74.0),
+    ("KMN", "static + DAVIS + YouTube-VOS", "DAVIS16 val", 90.5, 89.5, 91.5),
+    ("KMN", "static + DAVIS + YouTube-VOS", "DAVIS17 val", 82.8, 80.0, 85.6),
+    ("STM", "static + DAVIS + YouTube-VOS", "DAVIS16 val", 89.3, 88.7, 89.9),
+    ("STM", "static + DAVIS + YouTube-VOS", "DAVIS17 val", 81.8, 79.2, 84.3),
+)
+# Table 1 runtime column, seconds per frame on one GTX 1080Ti.
+RUNTIME_S_PER_FRAME: dict[str, float] = {"KMN": 0.12, "STM": 0.16}
+RUNTIME_GPU = "GTX 1080Ti"
+
+# Table 2, DAVIS 2017 test-dev: (method, J&F, J, F).
+TABLE2_DAVIS17_TESTDEV: tuple[tuple[str, float, float, float], ...] = (
+    ("KMN", 77.2, 74.1, 80.3),
+    ("STM", 72.2, 69.3, 75.2),
+)
+# Table 2, YouTube-VOS 2018 val: (method, overall, J seen, J unseen, F seen, F unseen).
+TABLE2_YTVOS18: tuple[tuple[str, float, float, float, float, float], ...] = (
+    ("KMN", 81.4, 81.4, 75.3, 85.6, 83.3),
+    ("STM", 79.4, 79.7, 72.8, 84.2, 80.9),
+)
+# Table 3 ablation: (method, HaS, KM, DAVIS16 J&F, DAVIS17 J&F, YouTube-VOS 2018 overall).
+# HaS/KM are None for STM, which is a different model rather than one cell of the ablation.
+TABLE3: tuple[tuple[str, bool | None, bool | None, float, float, float], ...] = (
+    ("KMN", False, False, 81.3, 72.6, 79.0),
+    ("KMN", True, False, 87.1, 75.9, 79.5),
+    ("KMN", False, True, 87.2, 73.5, 81.0),
+    ("KMN", True, True, 87.6, 76.0, 81.4),
+    ("STM", None, None, 86.5, 71.6, 79.4),
+)
+
+
+def paper_table1() -> pd.DataFrame:
+    """Table 1 as a frame: method, training_data, dataset, J&F, J, F, s/frame (runtime column)."""
+    df = pd.DataFrame(TABLE1, columns=["method", "training_data", "dataset", "J&F", "J", "F"])
+    df["s/frame"] = df["method"].map(RUNTIME_S_PER_FRAME)
+    return df
+
+
+def paper_table2() -> pd.DataFrame:
+    """Table 2 as one long frame: DAVIS17 test-dev (J&F, J, F) and YouTube-VOS 2018 val rows."""
+    davis = pd.DataFrame(TABLE2_DAVIS17_TESTDEV, columns=["method", "J&F", "J", "F"])
+    davis.insert(1, "dataset", "DAVIS17 test-dev")
+    ytvos = pd.DataFrame(TABLE2_YTVOS18,
+                         columns=["method", "overall", "J_seen", "J_unseen", "F_seen", "F_unseen"])
+    ytvos.insert(1, "dataset", "YouTube-VOS 2018 val")
+    return pd.concat([davis, ytvos], ignore_index=True)
+
+
+def paper_table3() -> pd.DataFrame:
+    """Table 3 as a frame: method, HaS, KM, DAVIS16 J&F, DAVIS17 J&F, YouTube-VOS overall."""
+    return pd.DataFrame(TABLE3, columns=["method", "HaS", "KM", "DAVIS16 J&F", "DAVIS17 J&F",
+                                         "YouTube-VOS overall"])
+
+
+def side_by_side(paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """Paper rows then our rows, one frame, with ``source`` and ``protocol`` columns.
+
+    Every row of ``ours`` must carry a non-empty ``protocol`` (how it was made); paper rows get
+    :data:`PAPER_PROTOCOL`. Columns missing on one side are left empty (NaN).
+    """
+    if "protocol" not in ours.columns:
+        raise ValueError("our rows need a 'protocol' column (see protocol_label)")
+    labels = ours["protocol"]
+    if labels.isna().any() or (labels.astype(str).str.strip() == "").any():
+        raise ValueError("every one of our rows needs a protocol label")
+    left = paper.copy()
+    left.insert(0, "source", PAPER)
+    left["protocol"] = PAPER_PROTOCOL
+    right = ours.copy()
+    if "source" in right.columns:
+        right = right.drop(columns="source")
+    right.insert(0, "source", "ours")
+    cols = list(left.columns) + [c for c in right.columns if c not in left.columns]
+    frames = [f for f in (left, right) if len(f)]
+    return pd.concat(frames, ignore_index=True).reindex(columns=cols)

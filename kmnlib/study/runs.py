@@ -1,0 +1,224 @@
+"""Evaluation runs and their cache: one (checkpoint, read, dataset) → a folder of results.
+
+A run folder ``out_dir/<run>/`` holds the result masks (``masks/``, git-ignored), the DAVIS
+evaluation CSVs, ``timing.csv`` (s/frame per sequence) and, written last, ``run.json``: the run's key
+(checkpoint file fingerprint, read, dataset, sequences, inference size, memory schedule). A later
+request with the same key reuses the folder; a folder without a matching ``run.json`` is recomputed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kmnlib.checkpoints import checkpoint_stage, load_model
+from kmnlib.data import DAVISDataset, YouTubeVOSDataset
+from kmnlib.evaluate import evaluate_davis
+from kmnlib.files import atomic_write, save_csv, save_text
+from kmnlib.memory import sigma_label
+from kmnlib.parallel import spawn_map
+from kmnlib.predict import run_dataset
+from kmnlib.study.session import Study
+
+DAVIS16_VAL = "DAVIS-2016:val"
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One evaluation: a checkpoint (tagged for folder names, e.g. ``has``) read with ``sigma``
+    (None = STM's read) on a DAVIS split."""
+
+    checkpoint: Path
+    model_tag: str
+    sigma: float | None
+    dataset: str = DAVIS16_VAL
+
+    @property
+    def run(self) -> str:
+        """The run folder's name (:func:`run_name`, with the dataset for sets other than DAVIS-16 val)."""
+        name = run_name(self.model_tag, self.sigma)
+        return name if self.dataset == DAVIS16_VAL else f"{name}_{dataset_tag(self.dataset)}"
+
+
+def run_name(model_tag: str, sigma: float | None) -> str:
+    """Folder name of one (model, read) evaluation, e.g. ``has_sigma7`` or ``has_stm``."""
+    return f"{model_tag}_stm" if sigma is None else f"{model_tag}_sigma{sigma:g}"
+
+
+def dataset_tag(dataset: str) -> str:
+    """``"DAVIS-2017:val"`` → ``"davis-2017-val"`` (for folder names)."""
+    return dataset.replace(":", "-").lower()
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str) -> dict[str, Any]:
+    """What a cached run folder's ``run.json`` must hold for the folder to be reused."""
+    inf = study.profile.inference
+    return {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma, "dataset": dataset,
+            "sequences": study.sequences, "infer_height": inf.infer_height,
+            "davis_resolution": inf.davis_resolution, "mem_every": inf.mem_every}
+
+
+def is_cached(marker: Path, key: dict[str, Any], files: Sequence[Path]) -> bool:
+    """``marker`` (run.json, written last) holds ``key`` and every output file exists."""
+    return (marker.is_file() and all(f.is_file() for f in files)
+            and json.loads(marker.read_text()) == key)
+
+
+def training_data(study: Study, stage: str) -> str:
+    """What a checkpoint after ``stage`` was trained on, for protocol labels."""
+    static = "+".join(study.profile.static_sets)
+    if stage == "pretrain":
+        return f"static ({static})"
+    return f"static ({static}) → {'+'.join(study.profile.video_sets)}"
+
+
+def protocol(study: Study, stage: str) -> str:
+    """One line that says how a model of ours was made: profile, backbone, crops, inference size,
+    training data, iterations (and the val subset, when the study uses one)."""
+    p = study.profile
+    its = (f"{p.pretrain.iterations}" if stage == "pretrain"
+           else f"{p.pretrain.iterations}+{p.main.iterations}")
+    label = (f"ours ({p.name}): {p.model.backbone}, {p.main.crop_size}² crops, "
+             f"{p.inference_label()}, {training_data(study, stage)}, {its} it")
+    if study.sequences:  # a subset is not the benchmark: say so in every row
+        label += f", {len(study.sequences)} val sequence(s) only"
+    return label
+
+
+def davis(study: Study, dataset: str) -> DAVISDataset:
+    """The reader of a DAVIS split (``"DAVIS-2016:val"``) under the study's data root, at the
+    profile's DAVIS folder (inference resizes frames; ground truth is evaluated there)."""
+    set_name, _, split = dataset.partition(":")
+    if set_name not in ("DAVIS-2016", "DAVIS-2017"):
+        raise ValueError(f"{dataset!r} has no local evaluation (DAVIS-2016/2017 only)")
+    return DAVISDataset(study.data_root / set_name, year=set_name[-4:], split=split,
+                        resolution=study.profile.inference.davis_resolution)
+
+
+def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, Any]:
+    """Segment a DAVIS split with a checkpoint and one read, evaluate it; cached by folder.
+
+    Returns ``run``, ``run_dir``, ``global`` and ``per_sequence`` (evaluation tables),
+    ``s_per_frame`` (mean), ``cached``, ``training_data`` and ``protocol`` (labels for tables).
+    """
+    run_dir = study.out_dir / job.run
+    ds = davis(study, job.dataset)
+    key = run_key(study, job.checkpoint, job.sigma, job.dataset)
+    marker = run_dir / "run.json"
+    stage = checkpoint_stage(job.checkpoint)
+    about = {"training_data": training_data(study, stage),
+             "protocol": f"{protocol(study, stage)}; {sigma_label(job.sigma)}; "
+                         f"s/frame on {study.device}"}
+    files = [run_dir / "global_results.csv", run_dir / "per-sequence_results.csv",
+             run_dir / "timing.csv"]
+    cached = not force and is_cached(marker, key, files)
+    if not cached:
+        marker.unlink(missing_ok=True)  # a half-finished folder must not look finished
+        inf = study.profile.inference
+        timings = run_dataset(load_model(job.checkpoint, study.device), ds, run_dir / "masks",
+                              sigma=job.sigma, mem_every=inf.mem_every,
+                              infer_height=inf.infer_height, resolution_out="gt",
+                              sequences=study.sequences, device=study.device)
+        evaluate_davis(ds.root, run_dir / "masks", year=ds.year, split=ds.split, out_dir=run_dir,
+                       sequences=study.sequences, resolution=ds.resolution)
+        save_csv(pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())}),
+                 files[2])
+        save_text(json.dumps(key, indent=1), marker)
+    # Tables are read back from the CSVs, so fresh and cached results have the same precision.
+    timing = pd.read_csv(files[2])
+    return {"run": job.run, "run_dir": run_dir, "global": pd.read_csv(files[0]),
+            "per_sequence": pd.read_csv(files[1]),
+            "s_per_frame": float(timing["s_per_frame"].mean()), "cached": cached, **about}
+
+
+def _evaluate_job(study: Study, job: EvalJob) -> str:
+    return evaluate(study, job, force=study.force)["run"]
+
+
+def evaluate_all(study: Study, jobs: Sequence[EvalJob]) -> dict[EvalJob, dict[str, Any]]:
+    """Results of every job (duplicates once), computing what is missing first.
+
+    Missing runs (all of them with ``force``) run ``eval_workers`` processes at a time, one torch
+    thread each; their s/frame is then measured with the workers sharing the CPU. Every result is
+    then read back from its folder (``cached`` says whether it existed before this call).
+    """
+    unique = list(dict.fromkeys(jobs))
+    fresh = set()
+    todo = [j for j in unique if study.force or not _is_done(study, j)]
+    if todo:
+        spawn_map(_evaluate_job, [(study, j) for j in todo], study.settings.eval_workers)
+        fresh = set(todo)
+    out = {}
+    for j in unique:
+        res = evaluate(study, j)
+        out[j] = {**res, "cached": j not in fresh}
+    return out
+
+
+def _is_done(study: Study, job: EvalJob) -> bool:
+    run_dir = study.out_dir / job.run
+    files = [run_dir / n for n in ("global_results.csv", "per-sequence_results.csv", "timing.csv")]
+    return is_cached(run_dir / "run.json", run_key(study, job.checkpoint, job.sigma, job.dataset),
+                     files)
+
+
+def extra_eval_sets(study: Study) -> list[str]:
+    """Evaluation sets beyond DAVIS-2016 val that are present under the data root."""
+    present = (study.data_root / "DAVIS-2017" / "ImageSets" / "2017" / "val.txt").is_file()
+    return ["DAVIS-2017:val"] if present else []
+
+
+def youtube_vos_splits(study: Study) -> list[str]:
+    """YouTube-VOS splits to predict that are present under the data root (``valid``)."""
+    root = study.data_root / "YouTube-VOS"
+    return [s for s in ("valid",) if (root / s / "meta.json").is_file()]
+
+
+def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma: float | None,
+                        split: str, force: bool = False) -> dict[str, Any]:
+    """Segment a YouTube-VOS split and package the predictions for the evaluation server.
+
+    YouTube-VOS val/test ground truth is not public, so there is no local score: this writes
+    ``out_dir/<run>_youtube-vos-<split>/Annotations/<video>/<frame>.png`` (palette PNGs at the stored
+    size, objects joining at their first annotation), ``submission.zip`` of that folder (the layout
+    the CodaLab server takes), ``timing.csv`` and ``run.json`` last. Cached like :func:`evaluate`.
+    Returns ``run``, ``run_dir``, ``submission``, ``videos``, ``s_per_frame`` and ``cached``.
+    """
+    run = f"{run_name(model_tag, sigma)}_youtube-vos-{split}"
+    run_dir = study.out_dir / run
+    key = run_key(study, checkpoint, sigma, f"YouTube-VOS:{split}")
+    marker, timing_csv, archive = run_dir / "run.json", run_dir / "timing.csv", run_dir / "submission.zip"
+    cached = not force and is_cached(marker, key, [timing_csv, archive])
+    if not cached:
+        marker.unlink(missing_ok=True)
+        ds = YouTubeVOSDataset(study.data_root / "YouTube-VOS", split=split)
+        # A study restricted to some sequences (smoke runs name DAVIS videos) predicts those it has.
+        names = None if study.sequences is None else [n for n in study.sequences if n in ds.names]
+        inf = study.profile.inference
+        timings = run_dataset(load_model(checkpoint, study.device), ds, run_dir / "Annotations",
+                              sigma=sigma, mem_every=inf.mem_every, infer_height=inf.infer_height,
+                              resolution_out="gt", sequences=names, device=study.device)
+        save_csv(pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())}),
+                 timing_csv)
+
+        def _zip(tmp: Path) -> None:
+            # make_archive appends ".zip" to the base name it is given
+            made = shutil.make_archive(str(tmp), "zip", root_dir=run_dir, base_dir="Annotations")
+            os.replace(made, tmp)
+
+        atomic_write(archive, _zip)
+        save_text(json.dumps(key, indent=1), marker)
+    timing = pd.read_csv(timing_csv)
+    return {"run": run, "run_dir": run_dir, "submission": archive, "videos": len(timing),
+            "s_per_frame": float(timing["s_per_frame"].mean()), "cached": cached}

@@ -1,0 +1,110 @@
+"""The study's first step: a profile name and an overrides mapping → a :class:`Study`.
+
+Every notebook's parameters cell holds two names, ``profile`` and ``overrides``; papermill (and
+``python -m kmnlib.study``) replaces them. ``overrides`` keys are either :class:`StudySettings`
+fields (``data_root``, ``out_dir``, ``sequences``, ``threads``, ...) or dotted profile paths
+(``seed``, ``pretrain.iterations``, ``inference.infer_height``, ...); each value is type-checked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kmnlib.config import (Profile, StudySettings, get_profile, resolve_data_root, results_root,
+                           split_overrides, study_settings)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study run: the profile (overrides applied) and how the run executes."""
+
+    profile: Profile
+    settings: StudySettings   # data_root and out_dir resolved to absolute paths
+
+    @property
+    def data_root(self) -> Path:
+        assert self.settings.data_root is not None
+        return self.settings.data_root
+
+    @property
+    def out_dir(self) -> Path:
+        assert self.settings.out_dir is not None
+        return self.settings.out_dir
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def force(self) -> bool:
+        return self.settings.force
+
+    @property
+    def sequences(self) -> list[str] | None:
+        return list(self.settings.sequences) if self.settings.sequences else None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def figure(self, name: str) -> Path:
+        """Path of a figure ``out_dir/figures/<name>``."""
+        return self.out_dir / "figures" / name
+
+    def table(self, name: str) -> Path:
+        """Path of a table ``out_dir/tables/<name>``."""
+        return self.out_dir / "tables" / name
+
+
+def resolve_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Study:
+    """Validate ``profile`` and ``overrides`` and resolve paths; touches nothing on disk.
+
+    Relative ``data_root`` / ``out_dir`` are made absolute against the current directory. The data
+    root must hold DAVIS-2016 (``ValueError`` naming the folder and the fix otherwise).
+    """
+    settings_in, profile_in = split_overrides(overrides)
+    prof = get_profile(profile).with_overrides(profile_in)
+    settings = study_settings(settings_in)
+    root = resolve_data_root(settings.data_root)
+    if not (root / "DAVIS-2016").is_dir():
+        raise ValueError(f"{root / 'DAVIS-2016'}: DAVIS-2016 not found under the data root "
+                         f"(run `make data`, or pass data_root / set KMN_DATA to the folder "
+                         f"holding DAVIS-2016/)")
+    out = (settings.out_dir or results_root() / prof.name).expanduser().resolve()
+    return Study(prof, dataclasses.replace(settings, data_root=root, out_dir=out))
+
+
+def open_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Study:
+    """The notebooks' first call: :func:`resolve_study`, then seed numpy and torch with the
+    profile's seed, set torch's CPU threads (``threads``: on a CPU shared with other jobs one
+    thread per process is many times faster than two) and create the output folder."""
+    study = resolve_study(profile, overrides)
+    np.random.seed(study.profile.seed)
+    torch.manual_seed(study.profile.seed)
+    if study.settings.threads:
+        torch.set_num_threads(study.settings.threads)
+    # Training imports tqdm.auto, which warns when ipywidgets is absent; progress bars are off here.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    study.out_dir.mkdir(parents=True, exist_ok=True)
+    return study
+
+
+def environment_summary() -> dict[str, str]:
+    """Interpreter and library versions, shown at the top of each notebook (and checked by tests)."""
+    return {"python": sys.executable, "version": sys.version.split()[0], "torch": torch.__version__,
+            "threads": str(torch.get_num_threads())}
+
+
+def describe(study: Study) -> str:
+    """One line for the top of a notebook: profile, seed, data, outputs, inference size, subset."""
+    return (f"profile={study.profile.name} seed={study.profile.seed} data={study.data_root} "
+            f"out={study.out_dir} inference={study.profile.inference_label()} "
+            f"sequences={study.sequences or 'all'}")

@@ -1,0 +1,84 @@
+"""The study's checkpoints: both arms (Hide-and-Seek or not) of each stage, trained if missing.
+
+A finished checkpoint with the same settings is reused; ``force`` retrains. Per-iteration logs are
+archived to ``out_dir/training/`` (checkpoints are not committed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kmnlib.data import open_static_dataset
+from kmnlib.files import save_csv
+from kmnlib.parallel import spawn_map
+from kmnlib.study.session import Study
+from kmnlib.synthesis import StaticClipDataset
+from kmnlib.training import train_stage
+
+ARMS: dict[str, bool] = {"HaS": True, "no HaS": False}  # arm label → Hide-and-Seek pre-training
+
+
+def _trained(study: Study, stage: str, hide: bool, force: bool) -> Path:
+    """The checkpoint of ``stage`` for one arm; main training starts from that arm's pre-training
+    (reused, never retrained here: ``force`` applies to ``stage`` only)."""
+    init = _trained(study, "pretrain", hide, force=False) if stage == "main" else None
+    return train_stage(study.profile, stage, study.checkpoints, data_root=study.data_root,
+                       hide=hide, init=init, device=study.device, force=force,
+                       progress=study.settings.progress)
+
+
+def pretrained(study: Study, hide: bool) -> Path:
+    """Checkpoint of static pre-training with (``hide``) or without Hide-and-Seek; trains if missing."""
+    return _trained(study, "pretrain", hide, force=False)
+
+
+def main_trained(study: Study, hide: bool) -> Path:
+    """Checkpoint of main video training started from :func:`pretrained` (trains what is missing)."""
+    return _trained(study, "main", hide, force=False)
+
+
+def _train_job(study: Study, stage: str, hide: bool) -> Path:
+    return _trained(study, stage, hide, force=study.force)
+
+
+def train_arms(study: Study, stage: str) -> dict[str, Path]:
+    """Checkpoints of both arms (:data:`ARMS`) after ``stage`` ("pretrain" or "main").
+
+    With ``train_workers > 1`` the arms train side by side, one torch thread each: on a 2-core CPU
+    two single-threaded runs finish sooner than the same runs one after the other with two
+    threads (benchmarks/README.md). Each run is the same as the sequential one (same seed, data
+    order and checkpoints).
+    """
+    if stage not in ("pretrain", "main"):
+        raise ValueError(f"train_arms: stage must be 'pretrain' or 'main', got {stage!r}")
+    paths = spawn_map(_train_job, [(study, stage, hide) for hide in ARMS.values()],
+                      study.settings.train_workers)
+    return dict(zip(ARMS, paths))
+
+
+def training_log(checkpoint: Path) -> Path:
+    """The per-iteration CSV log written next to a checkpoint by the trainer."""
+    return Path(checkpoint).with_suffix(".csv")
+
+
+def archive_training_logs(study: Study, checkpoints: dict[str, Path]) -> list[Path]:
+    """Copy each run's per-iteration CSV log to ``out_dir/training/``."""
+    return [save_csv(pd.read_csv(training_log(c)), study.out_dir / "training" / training_log(c).name)
+            for c in checkpoints.values()]
+
+
+def sample_static_clips(study: Study, n: int) -> list[dict[str, Any]]:
+    """``n`` pre-training clips as the HaS arm draws them at the end of its ramp (Fig. 4 data).
+
+    Items of :class:`kmnlib.synthesis.StaticClipDataset` (frames, masks, hidden, name) plus the
+    ``hide_p`` they were drawn with.
+    """
+    folders = [open_static_dataset(s, study.data_root) for s in study.profile.static_sets]
+    ds = StaticClipDataset(folders, study.profile.pretrain, hide=True, seed=study.profile.seed)
+    last = len(ds) - 1
+    clips = [{**ds[last - i], "hide_p": ds.hide_p(last - i)} for i in range(n)]
+    for c in clips:  # "<set folder>/<image>" reads better than the absolute path
+        c["name"] = "/".join(Path(c["name"]).parts[-2:])
+    return clips
