@@ -12,8 +12,10 @@ Hide-and-Seek (KMN §3.3). The crop is split into ``grid × grid`` cells — 24 
 one cell per key-feature position at stride 16; the mini profile uses 12 at 192². Cell edges
 follow ``np.array_split``: when the side ``n`` is not divisible by ``grid`` the first ``n % grid``
 cells are one pixel larger (:func:`cell_edges`). Each cell is hidden independently with
-probability ``p``: its pixels become :data:`IMAGENET_MEAN` (the dataset mean, as Hide-and-Seek
-does, so a hidden cell is "nothing" to a normalised network) and its mask pixels background, so
+probability ``p``: its pixels become ``fill`` — the backbone's input-normalisation mean
+(:func:`kmnlib.model.backbones.input_normalisation`), which the network's normalisation maps to
+exactly 0, so a hidden cell is "nothing" to it, as Hide-and-Seek fills with the data mean — and its
+mask pixels background, so
 the object boundaries created by hiding are clean straight cuts. ``p`` ramps from 0 to 0.5 over
 pre-training (:func:`has_probability`).
 
@@ -58,7 +60,9 @@ import cv2
 import numpy as np
 import torch
 
-from kmnlib.config import IMAGENET_MEAN, AugmentConfig, StageConfig
+from kmnlib.config import AugmentConfig, StageConfig
+
+RGB = tuple[float, float, float]
 from kmnlib.data.masks import VOID
 
 
@@ -117,12 +121,12 @@ def _as_float_image(image: np.ndarray) -> np.ndarray:
 
 
 def hide_and_seek(image: np.ndarray, mask: np.ndarray, *, grid: int, p: float,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, fill: RGB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hide each of ``grid × grid`` cells with probability ``p``.
 
     ``image``: (H,W,3) uint8 or float in [0,1]; ``mask``: integer (H,W). Returns new arrays
     ``(image float32 (H,W,3) in [0,1], mask (H,W) same dtype, hidden bool (grid,grid))``:
-    hidden cells are :data:`IMAGENET_MEAN` in the image and 0 in the mask. Cells follow
+    hidden cells are ``fill`` (RGB in [0,1]) in the image and 0 in the mask. Cells follow
     :func:`cell_edges`, so H and W need not be divisible by ``grid``.
     """
     if not 0.0 <= p <= 1.0:
@@ -132,7 +136,7 @@ def hide_and_seek(image: np.ndarray, mask: np.ndarray, *, grid: int, p: float,
         raise ValueError(f"mask shape {mask.shape} does not match image shape {out.shape[:2]}")
     hidden = rng.random((grid, grid)) < p  # p=0 hides nothing, p=1 everything ([0,1) draws)
     pix = hidden_pixels(hidden, *out.shape[:2])
-    out[pix] = IMAGENET_MEAN
+    out[pix] = fill
     mask = mask.copy()
     mask[pix] = 0
     return out, mask, hidden
@@ -208,14 +212,11 @@ def _warp_matrix(g: _Geometry, hw: tuple[int, int], size: int) -> np.ndarray:
     return (crop @ flip @ affine)[:2]
 
 
-def _mean_fill(dtype: np.dtype) -> tuple[float, float, float]:
-    scale = 255.0 if dtype == np.uint8 else 1.0
-    return tuple(c * scale for c in IMAGENET_MEAN)
-
-
-def _warp_image(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+def _warp_image(image: np.ndarray, m: np.ndarray, size: int, fill: RGB) -> np.ndarray:
+    """Warp an image; pixels from outside it take ``fill`` (RGB in [0,1])."""
+    scale = 255.0 if image.dtype == np.uint8 else 1.0
     out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=_mean_fill(image.dtype))
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(c * scale for c in fill))
     return np.multiply(out, np.float32(1 / 255), dtype=np.float32) if out.dtype == np.uint8 else out
 
 
@@ -317,7 +318,7 @@ def _pick_reference(mask: np.ndarray, matrices_for_try: Any, size: int, min_pixe
 
 
 def _hide_frames(frames: np.ndarray, masks: np.ndarray, *, grid: int, p: float,
-                 rng: np.random.Generator, tries: int) -> np.ndarray:
+                 rng: np.random.Generator, tries: int, fill: RGB) -> np.ndarray:
     """Hide-and-Seek on every frame, in place (the draws of :func:`hide_and_seek`); frame 0's
     cells are re-drawn until every object keeps a pixel, else frame 0 stays unhidden."""
     n, h, w = masks.shape
@@ -329,7 +330,7 @@ def _hide_frames(frames: np.ndarray, masks: np.ndarray, *, grid: int, p: float,
             pix = hidden_pixels(hid, h, w)
             if t == 0 and not (np.bincount(masks[0][~pix], minlength=k + 1)[1:k + 1] > 0).all():
                 continue  # an object of the reference frame would vanish: re-draw
-            frames[t][pix] = IMAGENET_MEAN
+            frames[t][pix] = fill
             masks[t][pix] = 0
             hidden[t] = hid
             break
@@ -339,7 +340,7 @@ def _hide_frames(frames: np.ndarray, masks: np.ndarray, *, grid: int, p: float,
 # ----------------------------------------------------------------------------- static clips
 def synthesize_clip(image: np.ndarray, mask: np.ndarray, *, size: int, n_frames: int,
                     hide_p: float, rng: np.random.Generator, grid: int, max_objects: int,
-                    aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    aug: AugmentConfig, fill: RGB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A training clip from one static image + instance mask (see the module docstring).
 
     ``image``: uint8 (H,W,3) or float in [0,1]; ``mask``: integer (H,W) ids, 0 = background,
@@ -366,10 +367,11 @@ def synthesize_clip(image: np.ndarray, mask: np.ndarray, *, size: int, n_frames:
     (m_first,), mask0, min_pixels = _pick_reference(mask, draw, size, min_pixels, aug.crop_tries)
     ids = _choose_objects(mask0, min_pixels, max_objects, rng)
     mats = [m_first] + [draw()[0] for _ in range(n_frames - 1)]
-    frames = np.stack([color_jitter(_warp_image(image, m, size), rng, aug) for m in mats])
+    frames = np.stack([color_jitter(_warp_image(image, m, size, fill), rng, aug) for m in mats])
     masks = _relabel(np.stack([mask0] + [_warp_mask(mask, m, size) for m in mats[1:]]), ids)
     if hide_p > 0:
-        hidden = _hide_frames(frames, masks, grid=grid, p=hide_p, rng=rng, tries=aug.hide_tries)
+        hidden = _hide_frames(frames, masks, grid=grid, p=hide_p, rng=rng, tries=aug.hide_tries,
+                              fill=fill)
     else:
         cell_edges(size, grid)  # same validation as with hiding
         hidden = np.zeros((n_frames, grid, grid), dtype=bool)
@@ -407,7 +409,7 @@ def _annotated_indices(seq: SequenceLike) -> list[int]:
 
 
 def sample_video_clip(seq: SequenceLike, *, size: int, gap: int, rng: np.random.Generator,
-                      n_frames: int, max_objects: int, aug: AugmentConfig
+                      n_frames: int, max_objects: int, aug: AugmentConfig, fill: RGB
                       ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A training clip from a video (see the module docstring).
 
@@ -436,7 +438,7 @@ def sample_video_clip(seq: SequenceLike, *, size: int, gap: int, rng: np.random.
         frames_raw = seq.load_frames(idx)
         if frames_raw.shape[:3] != raw.shape:
             raise ValueError(f"{name}: frames {frames_raw.shape} and masks {raw.shape} differ")
-        frames = np.stack([color_jitter(_warp_image(f, a, size), rng, aug)
+        frames = np.stack([color_jitter(_warp_image(f, a, size, fill), rng, aug)
                            for f, a in zip(frames_raw, mats)])
         return frames, _relabel(masks, ids), idx
     raise ValueError(f"{name}: no object of >= {min_pixels} px in the reference frame after "
@@ -470,14 +472,15 @@ class StaticClipDataset(torch.utils.data.Dataset):
     K, ``hidden`` bool (T,grid,grid), ``name`` (folder root / image name).
     """
 
-    def __init__(self, folders: Sequence[Any], stage: StageConfig, *, hide: bool, seed: int) -> None:
+    def __init__(self, folders: Sequence[Any], stage: StageConfig, *, hide: bool, seed: int,
+                 fill: RGB) -> None:
         self.folders = list(folders)
         self.sizes = np.array([len(f) for f in self.folders], dtype=np.int64)
         if self.sizes.sum() == 0:
             raise ValueError(f"no images in the static folders {[_root(f) for f in self.folders]}")
         cell_edges(stage.crop_size, stage.has_grid)  # fail early on an impossible grid
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        self.stage, self.hide, self.seed = stage, hide, seed
+        self.stage, self.hide, self.seed, self.fill = stage, hide, seed, fill
         self._perm: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -510,7 +513,7 @@ class StaticClipDataset(torch.utils.data.Dataset):
             try:
                 frames, masks, hidden = synthesize_clip(
                     image, labels, size=st.crop_size, n_frames=st.n_frames, hide_p=p, rng=rng,
-                    grid=st.has_grid, max_objects=st.max_objects, aug=st.augment)
+                    grid=st.has_grid, max_objects=st.max_objects, aug=st.augment, fill=self.fill)
             except NoObjectError:
                 tried.append(name)
                 flat = int(rng.integers(total))
@@ -530,11 +533,12 @@ class VideoClipDataset(torch.utils.data.Dataset):
     ``frame_indices`` long (T,).
     """
 
-    def __init__(self, sequences: Sequence[SequenceLike], stage: StageConfig, *, seed: int) -> None:
+    def __init__(self, sequences: Sequence[SequenceLike], stage: StageConfig, *, seed: int,
+                 fill: RGB) -> None:
         self.sequences = list(sequences)
         if not self.sequences:
             raise ValueError("VideoClipDataset needs at least one sequence")
-        self.stage, self.seed = stage, seed
+        self.stage, self.seed, self.fill = stage, seed, fill
         self._perm: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -554,7 +558,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         seq = self.sequences[_epoch_choice(index, len(self.sequences), self.seed, self._perm)]
         frames, masks, idx = sample_video_clip(
             seq, size=st.crop_size, gap=self.max_gap(index), rng=rng, n_frames=st.n_frames,
-            max_objects=st.max_objects, aug=st.augment)
+            max_objects=st.max_objects, aug=st.augment, fill=self.fill)
         hidden = np.zeros((st.n_frames, st.has_grid, st.has_grid), dtype=bool)
         return _to_item(frames, masks, hidden, name=getattr(seq, "name", repr(seq)),
                         frame_indices=torch.tensor(idx, dtype=torch.long))

@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, PAPER, TEST, ModelConfig
 from kmnlib.memory import memory_read
 from kmnlib.model import KMN, build_model, pad_divide_by, soft_aggregate, unpad
-from kmnlib.model.backbones import RESNET50_ENV, lite0_default_weights, lite0_timm_state_dict
+from kmnlib.model.backbones import (INPUT_NORMALISATION, RESNET50_ENV, build_trunk,
+                                    input_normalisation, lite0_default_weights,
+                                    lite0_timm_state_dict)
+from kmnlib.training.batches import clip_fill
 
 LITE0 = TEST.model  # ImageNet Lite0 from the installed package, tiny heads
 R50 = replace(PAPER.model, pretrained=False, weights=None)  # STM widths, random init (no file here)
@@ -128,10 +131,61 @@ def test_lite0_weights_map_onto_timm_and_classify_a_cat() -> None:
 
     img = torch.from_numpy(chelsea()).permute(2, 0, 1)[None].float() / 255
     img = F.interpolate(img, size=(224, 224), mode="bilinear", align_corners=False)
-    x = (img - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = input_normalisation("efficientnet_lite0")
+    x = (img - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
         top = int(net(x).argmax())
     assert 281 <= top <= 285, f"Chelsea classified as ImageNet class {top}, not a cat (281-285)"
+
+
+def _stem_variance_ratio(trunk, frames: torch.Tensor, mean, std) -> float:
+    """Median over channels of (batch variance of the stem BatchNorm's input on ``frames``) /
+    (its frozen running variance): 1 when the input is what the weights were trained on."""
+    x = (frames - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        y = trunk.stem_conv(x)
+    return float((y.var(dim=(0, 2, 3)) / trunk.bn1.running_var).median())
+
+
+def _real_frames(davis_root) -> torch.Tensor:
+    from kmnlib.data import DAVISDataset, frames_to_tensor
+
+    ds = DAVISDataset(davis_root, "2016", "val", "480p")
+    return torch.cat([frames_to_tensor(ds[n].load_frames([0, len(ds[n]) // 2]))
+                      for n in ds.names[::4]])
+
+
+def test_input_normalisation_matches_the_stem_statistics_on_real_frames(davis_root) -> None:
+    """Each backbone whose real ImageNet weights are on this machine sees, through its own input
+    normalisation, stem activations with the variance its frozen BatchNorm expects (factor 2)."""
+    frames = _real_frames(davis_root)
+    checked = []
+    for backbone in INPUT_NORMALISATION:
+        cfg = ModelConfig(backbone=backbone)
+        try:
+            trunk = build_trunk(cfg).eval()
+        except FileNotFoundError:  # ResNet-50 weights are a local file a user provides
+            continue
+        mean, std = input_normalisation(backbone)
+        ratio = _stem_variance_ratio(trunk, frames, mean, std)
+        assert 0.5 <= ratio <= 2.0, (backbone, ratio)
+        checked.append(backbone)
+        # The wrong statistics are detectable: Lite0 with ImageNet's is ~3x off.
+        if backbone == "efficientnet_lite0":
+            assert _stem_variance_ratio(trunk, frames, IMAGENET_MEAN, IMAGENET_STD) > 2.5
+    assert "efficientnet_lite0" in checked
+
+
+def test_encoders_normalise_as_the_backbone_expects(models: dict[str, KMN]) -> None:
+    for backbone, model in models.items():
+        mean, std = input_normalisation(backbone)
+        for enc in (model.memory_encoder, model.query_encoder):
+            assert enc.normalise.mean.flatten().tolist() == pytest.approx(list(mean))
+            assert enc.normalise.std.flatten().tolist() == pytest.approx(list(std))
+        # The Hide-and-Seek / border fill is that mean: normalised, it is exactly "nothing" (0).
+        fill = torch.tensor(clip_fill(PAPER if backbone == "resnet50" else TEST)).view(1, 3, 1, 1)
+        assert torch.equal(model.query_encoder.normalise(fill), torch.zeros(1, 3, 1, 1))
+    assert input_normalisation("resnet50") == (IMAGENET_MEAN, IMAGENET_STD)  # STM checkpoints
 
 
 def test_lite0_trunks_carry_the_imagenet_weights(models: dict[str, KMN]) -> None:

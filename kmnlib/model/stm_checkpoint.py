@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from kmnlib.config import IMAGENET_MEAN, IMAGENET_STD, PAPER, ModelConfig
+from kmnlib.config import PAPER, ModelConfig
+from kmnlib.model.backbones import input_normalisation
 from kmnlib.model.network import KMN
 
 # (official STM prefix, our prefix). Trailing dots keep "Encoder_M.conv1." apart from "conv1_m.".
@@ -52,10 +53,12 @@ STM_TO_KMN: tuple[tuple[str, str], ...] = (
     ("Decoder.pred2.", "decoder.pred."),
 )
 
-# Registered buffers of the official encoders that are constants on our side.
+# Registered buffers of the official encoders that are constants on our side: the ResNet-50
+# input normalisation (model.backbones.INPUT_NORMALISATION), which the official file must carry.
+_MEAN, _STD = input_normalisation("resnet50")
 STM_CONSTANTS: dict[str, tuple[float, float, float]] = {
-    "Encoder_M.mean": IMAGENET_MEAN, "Encoder_M.std": IMAGENET_STD,
-    "Encoder_Q.mean": IMAGENET_MEAN, "Encoder_Q.std": IMAGENET_STD,
+    "Encoder_M.mean": _MEAN, "Encoder_M.std": _STD,
+    "Encoder_Q.mean": _MEAN, "Encoder_Q.std": _STD,
 }
 
 _DP_PREFIX = "module."

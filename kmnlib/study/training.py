@@ -16,6 +16,7 @@ from kmnlib.parallel import spawn_map
 from kmnlib.study.session import Study
 from kmnlib.synthesis import StaticClipDataset
 from kmnlib.training import train_stage
+from kmnlib.training.batches import clip_fill
 
 ARMS: dict[str, bool] = {"HaS": True, "no HaS": False}  # arm label → Hide-and-Seek pre-training
 
@@ -76,7 +77,8 @@ def sample_static_clips(study: Study, n: int) -> list[dict[str, Any]]:
     ``hide_p`` they were drawn with.
     """
     folders = [open_static_dataset(s, study.data_root) for s in study.profile.static_sets]
-    ds = StaticClipDataset(folders, study.profile.pretrain, hide=True, seed=study.profile.seed)
+    ds = StaticClipDataset(folders, study.profile.pretrain, hide=True, seed=study.profile.seed,
+                           fill=clip_fill(study.profile))
     last = len(ds) - 1
     clips = [{**ds[last - i], "hide_p": ds.hide_p(last - i)} for i in range(n)]
     for c in clips:  # "<set folder>/<image>" reads better than the absolute path

@@ -13,6 +13,7 @@ import torch
 
 from kmnlib.config import Profile
 from kmnlib.data import open_static_dataset, open_video_dataset
+from kmnlib.model.backbones import input_normalisation
 from kmnlib.synthesis import StaticClipDataset, VideoClipDataset, collate_clips
 
 
@@ -24,13 +25,20 @@ def build_clip_dataset(profile: Profile, stage: str, data_root: str | os.PathLik
     Hide-and-Seek (pre-training only; ``False`` is the no-HaS arm)."""
     cfg = profile.stage(stage)
     cfg = replace(cfg, batch_size=cfg.batch_size * world)
+    fill = clip_fill(profile)
     if stage == "pretrain":
         folders = [open_static_dataset(s, data_root) for s in profile.static_sets]
-        return StaticClipDataset(folders, cfg, hide=hide, seed=profile.seed)
+        return StaticClipDataset(folders, cfg, hide=hide, seed=profile.seed, fill=fill)
     videos = [open_video_dataset(s, data_root, resolution=cfg.video_resolution,
                                  max_objects=cfg.max_objects) for s in profile.video_sets]
     sequences = [ds[i] for ds in videos for i in range(len(ds))]
-    return VideoClipDataset(sequences, cfg, seed=profile.seed)
+    return VideoClipDataset(sequences, cfg, seed=profile.seed, fill=fill)
+
+
+def clip_fill(profile: Profile) -> tuple[float, float, float]:
+    """The colour of hidden cells and of pixels warped in from outside an image: the backbone's
+    input-normalisation mean, which the network maps to exactly 0 ("nothing")."""
+    return input_normalisation(profile.model.backbone)[0]
 
 
 class StepBatches(torch.utils.data.Dataset):
