@@ -28,3 +28,12 @@ study: data baseline
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Step through the study: JupyterLab on notebooks/, kernel "python3" = this venv's python (kmnlib
+# importable). A notebook run top to bottom there writes what `make study` writes (docs/JUPYTERLAB.md).
+# Extra server options: make lab LAB_ARGS="--no-browser --port 8899". As root (containers) the
+# server needs --allow-root, added here.
+.PHONY: lab
+lab: data
+	JUPYTER_PREFER_ENV_PATH=1 $(PY) -m jupyter lab --notebook-dir=notebooks \
+	    $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)

@@ -1,20 +1,23 @@
-"""Whole-video inference benchmark: KM read (sigma=7) over STM read, and s/frame per backbone.
+"""Whole-video inference: the optimised path against the reference path, and the kernel's cost.
 
-On a DAVIS-2016 val sequence (default ``blackswan``), for each configuration (ResNet-50 at 480p,
-EfficientNet-Lite0 at 480p and at 240p; random weights — timing does not depend on them),
-``segment_video`` runs with ``sigma=None`` and ``sigma=7`` interleaved (order alternating per
-repetition) after an untimed warm-up. s/frame = wall time of ``segment_video`` / number of frames
-(frame reading excluded). Printed: s/frame of each read and the KM/STM ratio (goal: <= 1.03; paper,
-on a GPU: 0.11 -> 0.12 s/frame).
+On a DAVIS-2016 val sequence (default ``blackswan``), for each configuration (ResNet-50 with STM's
+widths at 480p, EfficientNet-Lite0 with the mini widths at 480p and at 240p; random weights — timing
+does not depend on them), ``segment_video`` runs in these variants, interleaved (order rotating per
+repetition) after an untimed warm-up, each with STM's read and with the kernel (σ = 7):
 
-On a shared CPU whole-video wall times drift by far more than 3% between runs, so a second,
-paired estimate is printed too: one more KM run in which every memory read is done twice back to
-back (STM and KM, order alternating; the KM result is used), so each frame's two reads see the same
-machine load. With W its wall time and R_stm, R_km the summed read times,
-``paired ratio = (W - R_stm) / (W - R_km)`` — KM-only time over STM-only time.
+* ``reference`` — the network as built before the speed work: contiguous weights, BatchNorm
+  separate, float32;
+* ``fast``      — channels-last weights and BatchNorm folded into the convolutions, float32 (the
+  study's default; probabilities equal the reference's to ≤ 1e-4, printed as ``max|Δp|``);
+* ``fast+bf16`` — the same under bfloat16 autocast (opt-in: ``InferenceConfig.precision``).
 
-    python benchmarks/bench_inference.py --quick               # 4 frames, 1 repetition
-    python benchmarks/bench_inference.py                       # whole sequence, 2 repetitions
+Printed: s/frame (median over repetitions) of every variant and read, ``speed-up`` = reference /
+variant (STM read), the KM/STM ratio of each variant, and a paired KM/STM estimate of the fast
+variant (one run doing both reads per frame, so each frame's two reads see the same machine load:
+``(W − R_stm) / (W − R_km)``).
+
+    python benchmarks/bench_inference.py --quick                    # 4 frames, 1 repetition
+    python benchmarks/bench_inference.py --threads 2                # whole sequence, 3 reps
     python benchmarks/bench_inference.py --configs lite0-240p --frames 20 --reps 3
 """
 from __future__ import annotations
@@ -26,20 +29,21 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kmnlib.config import MINI, PAPER, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
 from kmnlib.inference import segment_video
-from kmnlib.model import network
-from kmnlib.model.network import KMN
+from kmnlib.model import build_model, network
+from kmnlib.model.fold import fold_batchnorm
+from kmnlib.model.ops import resize_frames, resize_labels
 
 CONFIGS = {  # name: (model config, frame height; None = native 480p)
     "resnet50-480p": (replace(PAPER.model, pretrained=False), None),
     "lite0-480p": (replace(MINI.model, pretrained=False), None),
     "lite0-240p": (replace(MINI.model, pretrained=False), 240),
 }
+SIGMA = 7.0
 
 
 def load_clip(name: str, n_frames: int | None, height: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,49 +53,77 @@ def load_clip(name: str, n_frames: int | None, height: int | None) -> tuple[torc
     frames = frames_to_tensor(seq.load_frames(idx))
     mask = torch.from_numpy(seq.load_mask(0).astype(np.int64))
     if height is not None:
-        size = (height, round(frames.shape[-1] * height / frames.shape[-2]))
-        frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False,
-                               antialias=True).clamp_(0, 1)
-        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        frames = resize_frames(frames, height)
+        mask = resize_labels(mask, tuple(frames.shape[-2:]))
     return frames, mask
 
 
-def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int) -> dict[str, float]:
-    cfg, height = CONFIGS[config]
+def variants(config: str) -> dict[str, tuple[torch.nn.Module, bool]]:
+    """name → (model, bf16 autocast)."""
+    cfg, _ = CONFIGS[config]
     torch.manual_seed(0)
-    model = KMN(cfg).eval()
-    frames, mask = load_clip(seq, n_frames, height)
-    segment_video(model, frames[:3], mask, sigma=7.0, mem_every=mem_every)   # warm-up, untimed
-    times: dict[str, list[float]] = {"stm": [], "km": []}
-    variants = [("stm", None), ("km", 7.0)]
+    reference = build_model(replace(cfg, memory_format="contiguous")).eval()
+    with torch.no_grad():  # BatchNorm statistics as trained weights have (not 0 / 1)
+        g = torch.Generator().manual_seed(1)
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+    fast = build_model(cfg)
+    fast.load_state_dict(reference.state_dict())
+    fast = fold_batchnorm(fast)
+    return {"reference": (reference, False), "fast": (fast, False), "fast+bf16": (fast, True)}
+
+
+def run(model: torch.nn.Module, bf16: bool, frames: torch.Tensor, mask: torch.Tensor,
+        sigma: float | None, mem_every: int) -> tuple[float, torch.Tensor]:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        start = time.perf_counter()
+        probs, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
+        return (time.perf_counter() - start) / len(frames), probs
+
+
+def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int) -> None:
+    frames, mask = load_clip(seq, n_frames, CONFIGS[config][1])
+    models = variants(config)
+    for model, bf16 in models.values():  # warm-up, untimed
+        run(model, bf16, frames[:3], mask, SIGMA, mem_every)
+    cases = [(v, s) for v in models for s in (None, SIGMA)]
+    times: dict[tuple[str, float | None], list[float]] = {c: [] for c in cases}
+    probs: dict[tuple[str, float | None], torch.Tensor] = {}
     for rep in range(reps):
-        for name, sigma in (variants if rep % 2 == 0 else variants[::-1]):
-            start = time.perf_counter()
-            segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
-            times[name].append((time.perf_counter() - start) / len(frames))
-    stm, km = statistics.median(times["stm"]), statistics.median(times["km"])
-    ratios = [k / s for k, s in zip(times["km"], times["stm"])]
-    paired, read_stm, read_km = paired_ratio(model, frames, mask, mem_every)
-    print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4} {stm:>9.3f} {km:>9.3f} "
-          f"{km / stm:>7.3f} {paired:>7.3f} {read_stm:>8.3f} {read_km:>8.3f}   "
-          f"whole-video ratio per rep: {', '.join(f'{r:.3f}' for r in ratios)}", flush=True)
-    return {"stm": stm, "km": km, "paired": paired}
+        k = rep % len(cases)
+        for case in cases[k:] + cases[:k]:
+            t, p = run(*models[case[0]], frames, mask, case[1], mem_every)
+            times[case].append(t)
+            probs[case] = p
+    med = {c: statistics.median(v) for c, v in times.items()}
+    paired, _, _ = paired_ratio(models["fast"][0], frames, mask, mem_every)
+    ref = med[("reference", None)]
+    print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4}", flush=True)
+    for name in models:
+        stm, km = med[(name, None)], med[(name, SIGMA)]
+        diff = max(float((probs[(name, s)] - probs[("reference", s)]).abs().max())
+                   for s in (None, SIGMA))
+        print(f"    {name:<10} STM {stm:.4f}  KM {km:.4f} s/frame   speed-up {ref / stm:5.2f}x   "
+              f"KM/STM {km / stm:.3f}   max|Δp| vs reference {diff:.1e}", flush=True)
+    print(f"    fast       paired KM/STM estimate {paired:.3f}", flush=True)
 
 
-def paired_ratio(model: KMN, frames: torch.Tensor, mask: torch.Tensor, mem_every: int
+def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, mem_every: int
                  ) -> tuple[float, float, float]:
     """(W - R_stm) / (W - R_km) from one run doing both reads per frame; also R_stm, R_km in s/frame."""
     spent = {"stm": 0.0, "km": 0.0}
     original = network.memory_read
     calls = [0]
 
-    def both(mem_key, mem_value, query_key, *, sigma=None):
+    def both(mem_key, mem_value, query_key, *, sigma=None, blocked=None):
         order = [("stm", None), ("km", sigma)] if calls[0] % 2 == 0 else [("km", sigma), ("stm", None)]
         calls[0] += 1
         out = None
         for name, s in order:
             start = time.perf_counter()
-            r = original(mem_key, mem_value, query_key, sigma=s)
+            r = original(mem_key, mem_value, query_key, sigma=s, blocked=blocked)
             spent[name] += time.perf_counter() - start
             if name == "km":
                 out = r
@@ -100,7 +132,7 @@ def paired_ratio(model: KMN, frames: torch.Tensor, mask: torch.Tensor, mem_every
     network.memory_read = both  # KMN.segment looks the name up in its module at call time
     try:
         start = time.perf_counter()
-        segment_video(model, frames, mask, sigma=7.0, mem_every=mem_every)
+        segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every)
         wall = time.perf_counter() - start
     finally:
         network.memory_read = original
@@ -114,19 +146,20 @@ def main() -> None:
     ap.add_argument("--sequence", default="blackswan")
     ap.add_argument("--frames", type=int, default=None, help="first N frames (default: all)")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--mem-every", type=int, default=PAPER.inference.mem_every)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated of {list(CONFIGS)}")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_frames = args.frames if args.frames is not None else (4 if args.quick else None)
-    reps = args.reps or (1 if args.quick else 2)
+    reps = args.reps or (1 if args.quick else 3)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sequence {args.sequence}, "
-          f"mem_every {args.mem_every}, median of {reps} interleaved rep(s)")
-    print(f"{'config':<14} {'HxW':>11} {'T':>4} {'STM s/f':>9} {'KM s/f':>9} {'KM/STM':>7} "
-          f"{'paired':>7} {'read STM':>8} {'read KM':>8}   (s/frame; paired = paired KM/STM estimate)")
+          f"mem_every {args.mem_every}, σ={SIGMA:g}, median of {reps} interleaved rep(s)")
     for config in configs:
         bench(config, args.sequence, n_frames, reps, args.mem_every)
 

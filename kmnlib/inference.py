@@ -16,7 +16,8 @@ publish theirs).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from kmnlib.data.masks import VOID
 from kmnlib.memory_bank import MemoryBank, memory_schedule
-from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
+from kmnlib.model.ops import cell_coverage, pad_divide_by, soft_aggregate, unpad
 
 
 def _label_tensor(mask: Any, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -85,11 +86,13 @@ def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any, *,
                   sigma: float | None, mem_every: int,
                   trace: list[tuple[int, list[int]]] | None = None,
-                  later_masks: Mapping[int, Any] | None = None
+                  later_masks: Mapping[int, Any] | None = None,
+                  oracle: Callable[[int], torch.Tensor] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment a video from its first-frame mask (semi-supervised VOS).
 
-    ``frames``: float (T,3,H,W) in [0,1] (any H, W: padded to multiples of 16 inside, centred, and
+    ``frames``: float (T,3,H,W) in [0,1], or uint8 (converted frame by frame) (any H, W: padded to
+    multiples of 16 inside, centred, and
     cropped back). ``first_mask``: integer label map (H,W) (torch or numpy), ids 0..N with objects
     1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells);
     ``mem_every`` the period of permanent memory frames (a profile's ``inference`` gives both).
@@ -99,14 +102,33 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     ``later_masks`` ``{t: label map}`` gives objects that first appear at frame ``t`` (ids continue
     the first mask's, 1..N over all masks); only the objects new at ``t`` are taken from it, the
     others keep their prediction.
+
+    ``oracle`` (an analysis intervention, not the method): ``oracle(t)`` gives a bool (H,W) map of
+    frame ``t``; query cells mostly inside it read nothing from memory cells that hold the object
+    (memorised mask > 0.5 over the cell) — e.g. a distractor's pixels, to tell a leak caused by
+    the read from one the decoder makes on its own.
     """
-    if not isinstance(frames, torch.Tensor) or not frames.is_floating_point() or frames.dim() != 4 \
-            or frames.shape[1] != 3 or frames.shape[0] < 1:
-        raise ValueError("segment_video: frames must be a float tensor (T,3,H,W) with T >= 1, got "
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[1] != 3 \
+            or frames.shape[0] < 1 or not (frames.is_floating_point() or frames.dtype == torch.uint8):
+        raise ValueError("segment_video: frames must be a float tensor in [0,1] or a uint8 tensor, "
+                         "(T,3,H,W) with T >= 1, got "
                          + (f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor)
                             else type(frames).__name__))
-    if frames.numel() and (frames.min() < 0 or frames.max() > 1):
-        raise ValueError("segment_video: frames must lie in [0,1] (normalisation happens inside the model)")
+    if frames.is_floating_point():
+        finite = torch.isfinite(frames).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(f"segment_video: frame(s) {bad[:5]} hold NaN or inf values; every "
+                             f"frame must be finite in [0,1]")
+        if frames.numel() and (frames.min() < 0 or frames.max() > 1):
+            raise ValueError("segment_video: frames must lie in [0,1] (normalisation happens "
+                             "inside the model)")
+    if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma)
+                                  and sigma > 0):
+        raise ValueError(f"segment_video: sigma must be a positive number or None (STM's read), "
+                         f"got {sigma!r}")
+    if not isinstance(mem_every, int) or isinstance(mem_every, bool) or mem_every < 1:
+        raise ValueError(f"segment_video: mem_every must be an integer >= 1, got {mem_every!r}")
     num_frames, _, height, width = frames.shape
     labels0, later, appear = _check_masks(first_mask, later_masks, num_frames, (height, width))
     n_obj = len(appear)
@@ -114,6 +136,7 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     # First frame of each object (row o-1): an object takes part from the frame after it.
     first_seen = torch.tensor([appear[o] for o in range(1, n_obj + 1)], device=device)
     bank = MemoryBank(memory_schedule(num_frames, mem_every, keep=later))
+    object_cells: dict[int, torch.Tensor] = {}  # oracle only: memorised frame → object cells
     was_training = model.training
     model.eval()
 
@@ -124,18 +147,26 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
             for t in range(1, num_frames):
                 for f in bank.missing(t):
                     # Encoded once, with the frame's own soft prediction (the given mask for frame 0).
-                    frame_p, _ = pad_divide_by(frames[f].to(device))
+                    frame_p, _ = pad_divide_by(_frame(frames, f, device))
                     mask, other = _memory_masks(probs[f].to(device))
                     mask_p, _ = pad_divide_by(mask)
                     other_p, _ = pad_divide_by(other)
                     bank.insert(f, *model.encode_memory(frame_p.expand(n_obj, -1, -1, -1), mask_p,
                                                         other_p))
+                    if oracle is not None:
+                        object_cells[f] = cell_coverage(mask_p) > 0.5
                 mem_k, mem_v = bank.read(t)
                 if trace is not None:
                     trace.append((t, bank.frames(t)))
-                frame_p, pad = pad_divide_by(frames[t].to(device))
+                frame_p, pad = pad_divide_by(_frame(frames, t, device))
                 qk, qv, f8, f4 = model.encode_query(frame_p[None])
-                fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma)   # N,Hp,Wp
+                blocked = None
+                if oracle is not None:
+                    query_cells = cell_coverage(oracle(t).to(device)[None]) > 0.5
+                    blocked = (torch.stack([object_cells[f] for f in bank.schedule[t]], dim=1),
+                               query_cells.expand(n_obj, -1, -1))
+                fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma,
+                                   blocked=blocked)   # N,Hp,Wp
                 absent = first_seen >= t    # objects not given yet (or given at t itself)
                 if bool(absent.any()):
                     fg = fg.masked_fill(absent[:, None, None], 0.0)
@@ -154,6 +185,13 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     finally:
         model.train(was_training)
     return probs, labels_from_probs(probs)
+
+
+def _frame(frames: torch.Tensor, t: int, device: torch.device) -> torch.Tensor:
+    """Frame ``t`` as float in [0,1] on ``device`` (uint8 videos are converted one frame at a time,
+    so a long video costs a quarter of the memory of a float one)."""
+    frame = frames[t].to(device)
+    return frame.float().div_(255.0) if frame.dtype == torch.uint8 else frame
 
 
 def labels_from_probs(probs: torch.Tensor) -> torch.Tensor:

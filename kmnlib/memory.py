@@ -18,7 +18,9 @@ also under autocast, so extreme keys cannot overflow to inf/NaN.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -52,6 +54,72 @@ def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+class LogitStats:
+    """The scale of the read's logits ``c/√d`` (before any kernel) over the reads made while it
+    records (:func:`record_logit_stats`): their standard deviation over all (p, q), and per query
+    the gap between its best and second-best memory position. The kernel adds at most
+    ``-d²/2σ²``; whether that can change a read depends on these numbers."""
+
+    def __init__(self) -> None:
+        self._sum = self._sumsq = 0.0
+        self._count = 0
+        self._gaps: list[torch.Tensor] = []
+        self._top2: torch.Tensor | None = None
+
+    def _begin(self) -> None:
+        self._top2 = None
+
+    def _add(self, c: torch.Tensor) -> None:
+        c = c.detach().double()
+        self._sum += float(c.sum())
+        self._sumsq += float(c.square().sum())
+        self._count += c.numel()
+        k = min(2, c.shape[1])
+        top = c.topk(k, dim=1).values                                   # B,k,Q
+        if self._top2 is not None:
+            top = torch.cat([self._top2, top], dim=1).topk(min(2, self._top2.shape[1] + k),
+                                                           dim=1).values
+        self._top2 = top
+
+    def _end(self) -> None:
+        if self._top2 is not None and self._top2.shape[1] == 2:
+            self._gaps.append((self._top2[:, 0] - self._top2[:, 1]).flatten().float())
+        self._top2 = None
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of all recorded logits (NaN before any read)."""
+        if not self._count:
+            return float("nan")
+        mean = self._sum / self._count
+        return math.sqrt(max(0.0, self._sumsq / self._count - mean * mean))
+
+    @property
+    def gaps(self) -> torch.Tensor:
+        """Best − second-best logit of every recorded query position."""
+        return torch.cat(self._gaps) if self._gaps else torch.zeros(0)
+
+    @property
+    def median_gap(self) -> float:
+        g = self.gaps
+        return float(g.median()) if g.numel() else float("nan")
+
+
+_RECORDERS: list[LogitStats] = []
+
+
+@contextlib.contextmanager
+def record_logit_stats() -> Iterator[LogitStats]:
+    """``with record_logit_stats() as stats:`` — every :func:`memory_read` inside adds its logits'
+    scale to ``stats`` (a read-only side channel; the reads themselves are unchanged)."""
+    stats = LogitStats()
+    _RECORDERS.append(stats)
+    try:
+        yield stats
+    finally:
+        _RECORDERS.remove(stats)
+
+
 def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
                   query_hw: tuple[int, int]) -> torch.Tensor:
     """Logits (B,Pc,Q) = c/√d (+ log Gaussian kernel around q̂(p)) for one memory chunk.
@@ -60,6 +128,8 @@ def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
     the logits; the positive scale does not move the arg-max).
     """
     c = torch.bmm(mk.transpose(1, 2), qk)                        # B,Pc,Q
+    for rec in _RECORDERS:
+        rec._add(c)
     inplace = not (torch.is_grad_enabled() and c.requires_grad)  # in-place only when autograd is off
     if sigma is None:
         return c
@@ -68,27 +138,48 @@ def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
     qhat_y = torch.div(qhat, wq, rounding_mode="floor").to(c.dtype)
     qhat_x = (qhat % wq).to(c.dtype)
     inv = 1.0 / (2.0 * sigma * sigma)
-    # The 2-D squared distance separates into a y term and an x term; broadcasting them avoids ever
-    # materialising a (Pc,Q) distance tensor next to the logits.
+    # The 2-D squared distance separates into a y term and an x term: log g = L @ E with
+    # L = [log g_y | log g_x] (Pc, hq+wq) and E the fixed 0/1 matrix that picks a query cell's row
+    # and column. One baddbmm adds the kernel in a single pass over the logits, without ever
+    # materialising a (Pc,Q) distance tensor.
     ys = torch.arange(hq, device=c.device, dtype=c.dtype)
     xs = torch.arange(wq, device=c.device, dtype=c.dtype)
-    log_gy = -(ys - qhat_y[..., None]).square_() * inv           # B,Pc,hq
-    log_gx = -(xs - qhat_x[..., None]).square_() * inv           # B,Pc,wq
-    b, pc, _ = c.shape
+    log_g = torch.cat([-(ys - qhat_y[..., None]).square_() * inv,       # B,Pc,hq
+                       -(xs - qhat_x[..., None]).square_() * inv], dim=2)  # B,Pc,hq+wq
+    pick = _row_col_selector(hq, wq, c.device, c.dtype).expand(c.shape[0], -1, -1)
     if inplace:
-        c.view(b, pc, hq, wq).add_(log_gy[..., None]).add_(log_gx[..., None, :])
-        return c
-    return c.view(b, pc, hq, wq).add(log_gy[..., None]).add(log_gx[..., None, :]).view(b, pc, -1)
+        return c.baddbmm_(log_g, pick)
+    return torch.baddbmm(c, log_g, pick)
+
+
+_SELECTORS: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _row_col_selector(hq: int, wq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(hq+wq, hq·wq) 0/1: column q = y·wq + x has a 1 in row y and in row hq + x (cached)."""
+    key = (hq, wq, device, dtype)
+    if key not in _SELECTORS:
+        q = torch.arange(hq * wq, device=device)
+        sel = torch.zeros(hq + wq, hq * wq, device=device, dtype=dtype)
+        sel[q // wq, q] = 1
+        sel[hq + q % wq, q] = 1
+        _SELECTORS[key] = sel
+    return _SELECTORS[key][None]
 
 
 def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,
-                sigma: float | None = None, budget_bytes: int | None = None) -> torch.Tensor:
+                sigma: float | None = None, budget_bytes: int | None = None,
+                blocked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Read memory values for every query position (STM read or KMN kernelized read).
 
     mem_key (B,Ck,T,h,w), mem_value (B,Cv,T,h,w), query_key (B,Ck,hq,wq) → readout (B,Cv,hq,wq) in
     ``mem_value``'s dtype. ``sigma=None`` is STM's read; a float σ (feature cells) applies KMN's
     Gaussian kernel (paper Eq. 3-5). ``budget_bytes`` bounds one chunk's logits (default
     ``InferenceConfig.read_budget_bytes``); results do not depend on it beyond float rounding.
+
+    ``blocked = (memory bool (B,T,h,w), query bool (B,hq,wq))`` is an analysis intervention (an
+    *oracle* read, not the method): the marked query positions get no weight from the marked memory
+    positions (their logits are pushed down by 1e9 after the kernel; q̂ is unaffected).
     """
     _check_sigma(sigma)
     if mem_key.dim() != 5 or mem_value.dim() != 5 or query_key.dim() != 4:
@@ -104,6 +195,11 @@ def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch
     cv = mem_value.shape[1]
     n_mem, n_q = t * h * w, hq * wq
     dtype = _work_dtype(mem_key, mem_value, query_key)
+    if blocked is not None:
+        mem_blocked = blocked[0].reshape(b, n_mem)
+        query_blocked = blocked[1].reshape(b, n_q)
+    for rec in _RECORDERS:
+        rec._begin()
     with torch.autocast(mem_key.device.type, enabled=False):
         mk = mem_key.reshape(b, ck, n_mem).to(dtype)
         mv = mem_value.reshape(b, cv, n_mem).to(dtype)
@@ -113,6 +209,9 @@ def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch
         for start in range(0, n_mem, step):
             stop = min(n_mem, start + step)
             logits = _chunk_logits(mk[:, :, start:stop], qk, sigma, (hq, wq))   # B,Pc,Q
+            if blocked is not None:
+                cut = mem_blocked[:, start:stop, None] & query_blocked[:, None, :]
+                logits = logits.masked_fill(cut, -1e9)
             chunk_max = logits.amax(dim=1)                                    # B,Q
             if run_max is None:
                 new_max = chunk_max
@@ -134,6 +233,8 @@ def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch
             run_max = new_max
         # run_sum ≥ 1: the arg-max position contributes exp(0) in its chunk.
         read = acc / run_sum[:, None, :]
+    for rec in _RECORDERS:
+        rec._end()
     return read.reshape(b, cv, hq, wq).to(mem_value.dtype)
 
 
@@ -172,6 +273,24 @@ def read_weights(mem_key: torch.Tensor, query_key: torch.Tensor, query_yx: tuple
                            for s in range(0, n_mem, step)])
         weights = torch.softmax(logit, dim=0)
     return weights.view(t, h, w)
+
+
+def read_logits(mem_key: torch.Tensor, query_key: torch.Tensor, sigma: float | None = None
+                ) -> torch.Tensor:
+    """All logits (P, Q) of one read: ``c(p,q)/√d`` plus, with ``sigma``, the kernel's
+    ``log g(p,q)`` — what :func:`memory_read` normalises over ``p`` (softmax over dim 0 gives the
+    read weights). mem_key (Ck,T,h,w), query_key (Ck,hq,wq); for analyses of small reads (the
+    whole (P,Q) matrix is materialised)."""
+    _check_sigma(sigma)
+    if mem_key.dim() != 4 or query_key.dim() != 3 or mem_key.shape[0] != query_key.shape[0]:
+        raise ValueError(f"read_logits expects mem_key (Ck,T,h,w), query_key (Ck,h,w); got "
+                         f"{tuple(mem_key.shape)}, {tuple(query_key.shape)}")
+    ck = mem_key.shape[0]
+    dtype = _work_dtype(mem_key, query_key)
+    with torch.autocast(mem_key.device.type, enabled=False), torch.no_grad():
+        mk = mem_key.reshape(1, ck, -1).to(dtype)
+        qk = query_key.reshape(1, ck, -1).to(dtype) * (1.0 / math.sqrt(ck))
+        return _chunk_logits(mk, qk, sigma, tuple(query_key.shape[1:]))[0]
 
 
 def sigma_label(sigma: float | None) -> str:

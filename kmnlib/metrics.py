@@ -7,6 +7,8 @@ Semantics follow the official DAVIS toolkit (davis2017-evaluation, ``davis2017/m
 * F is the F-measure of 1-pixel boundary maps (Martin's ``seg2bmap``), a boundary pixel counting as
   matched when the other map has a boundary pixel inside a disk of radius
   ``ceil(bound_th * image diagonal)`` (``bound_th < 1``) or ``bound_th`` pixels (``bound_th >= 1``).
+* Leakage (not a DAVIS measure; the distractor study's): the fraction of a distractor's pixels a
+  prediction labels as the object, per frame, NaN where the distractor is not visible.
 * Statistics: mean, recall (fraction of frames > 0.5) and decay (first-bin mean − last-bin mean with
   the toolkit's four overlapping bins), NaN frames ignored by the means as the toolkit does.
 
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 from skimage.morphology import disk
 
-__all__ = ["jaccard", "boundary_f", "seg2bmap", "sequence_stats", "DEFAULT_BOUND_TH"]
+__all__ = ["jaccard", "boundary_f", "seg2bmap", "sequence_stats", "leakage", "DEFAULT_BOUND_TH"]
 
 DEFAULT_BOUND_TH = 0.008  # the toolkit's default: 0.8 % of the image diagonal
 
@@ -156,6 +158,24 @@ def boundary_f(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None,
     for t in range(gt.shape[0]):
         out[t] = _f_measure_frame(gt[t], pred[t], None if void is None else void[t], bound_th)
     return out
+
+
+def leakage(pred: np.ndarray, distractor: np.ndarray) -> np.ndarray:
+    """Per frame, the fraction of the distractor's pixels that ``pred`` marks as the object.
+
+    ``pred`` and ``distractor`` bool (T,H,W) (or (H,W)); frames where the distractor has no pixel
+    give NaN (nothing could leak there), so averages skip them.
+    """
+    pred, distractor = np.asarray(pred, dtype=bool), np.asarray(distractor, dtype=bool)
+    if pred.shape != distractor.shape:
+        raise ValueError(f"leakage: prediction {pred.shape} and distractor {distractor.shape} "
+                         f"differ in shape")
+    if pred.ndim == 2:
+        return leakage(pred[None], distractor[None])
+    area = distractor.reshape(len(distractor), -1).sum(axis=1).astype(np.float64)
+    hit = (pred & distractor).reshape(len(pred), -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(area > 0, hit / area, np.nan)
 
 
 def sequence_stats(per_frame: np.ndarray) -> tuple[float, float, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from kmnlib.data.masks import VOID, write_label_map
-from kmnlib.data.video import VideoDataset, frames_to_tensor, select_sequences
+from kmnlib.data.video import VideoDataset, VideoSequence, frames_to_tensor, select_sequences
 from kmnlib.inference import labels_from_probs, segment_video
 from kmnlib.model.ops import resize_frames, resize_labels
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -66,7 +69,9 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
                 sigma: float | None, mem_every: int, infer_height: int | None,
                 resolution_out: tuple[int, int] | str | None,
                 sequences: Sequence[str] | None = None,
-                device: str | torch.device = "cpu") -> dict[str, float]:
+                device: str | torch.device = "cpu", precision: str = "fp32",
+                oracle: Callable[[VideoSequence], np.ndarray] | None = None,
+                report: Callable[[str], None] | None = None) -> dict[str, float]:
     """Segment every sequence of ``dataset`` and write ``out_dir/<seq>/<frame>.png`` label maps.
 
     ``dataset`` is a video reader (:class:`~kmnlib.data.video.VideoDataset`: DAVIS or YouTube-VOS);
@@ -79,13 +84,19 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
     aspect ratio; None keeps the stored size. ``resolution_out``: None writes at the inference size,
     ``"gt"`` at the sequence's stored size, ``(H, W)`` at that size; resizing is bilinear on the
     probabilities followed by argmax (never nearest on labels). ``sigma``/``mem_every`` as in
-    :func:`segment_video`. The model is moved to ``device``. Returns seconds per frame of
-    ``segment_video`` (reading/writing excluded), by name.
+    :func:`segment_video`. The model is moved to ``device``; ``precision`` "bf16" runs it under
+    bfloat16 autocast (the memory read stays float32). ``report`` receives one progress line per
+    video. ``oracle(seq)`` (analysis only) gives
+    bool (T,H,W) maps at the stored size that :func:`segment_video`'s ``oracle`` blocks from the
+    object's memory. Returns seconds per frame of ``segment_video`` (reading/writing excluded), by
+    name.
     """
     if not (resolution_out is None or resolution_out == "gt"
             or (isinstance(resolution_out, (tuple, list)) and len(resolution_out) == 2)):
         raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), "
                          f"got {resolution_out!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"run_dataset: precision must be one of {list(PRECISIONS)}, got {precision!r}")
     out_dir = Path(out_dir)
     names = select_sequences(dataset.names, sequences, repr(dataset))
     model.to(device)
@@ -93,9 +104,12 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
     for name in names:
         seq = dataset[name]
         first_frame, given, ids = _given_masks(seq)
-        frames = frames_to_tensor(seq.load_frames(range(first_frame, len(seq))))
+        raw = torch.from_numpy(seq.load_frames(range(first_frame, len(seq)))).permute(0, 3, 1, 2)
+        if infer_height is not None and infer_height != raw.shape[-2]:
+            frames = resize_frames(raw.float().div_(255.0), infer_height)
+        else:  # stored size: stay uint8, segment_video converts frame by frame (1/4 the memory)
+            frames = raw
         if infer_height is not None:
-            frames = resize_frames(frames, infer_height)
             for f, m in given.items():
                 small = resize_labels(m, tuple(frames.shape[-2:]))
                 if set(torch.unique(small).tolist()) != set(torch.unique(m).tolist()):
@@ -104,10 +118,20 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
                                      f"infer_height")
                 given[f] = small
         later = {f - first_frame: m for f, m in given.items() if f != first_frame}
+        blocked = None
+        if oracle is not None:
+            maps = torch.from_numpy(np.asarray(oracle(seq), dtype=np.uint8)[first_frame:])
+            maps = resize_labels(maps, tuple(frames.shape[-2:])).bool()
+            blocked = maps.__getitem__
         start = time.perf_counter()
-        probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
-                                      mem_every=mem_every, later_masks=later)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                            enabled=PRECISIONS[precision] is torch.bfloat16):
+            probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
+                                          mem_every=mem_every, later_masks=later, oracle=blocked)
         timings[seq.name] = (time.perf_counter() - start) / len(frames)
+        if report is not None:
+            report(f"{len(timings)}/{len(names)} {seq.name}: {len(frames)} frames, "
+                   f"{timings[seq.name]:.3f} s/frame")
         size = tuple(labels.shape[-2:])
         if resolution_out is not None:
             size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)

@@ -112,9 +112,33 @@ def hidden_pixels(hidden: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.repeat(np.repeat(hidden, rows, axis=0), cols, axis=1)
 
 
-def _as_float_image(image: np.ndarray) -> np.ndarray:
+def check_image(image: np.ndarray, what: str = "image") -> None:
+    """An RGB image: uint8 (H,W,3), or float (H,W,3) finite in [0,1] (``ValueError`` otherwise)."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array (H,W,3), got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H,W,3), got shape {image.shape}")
+        raise ValueError(f"{what} must be (H,W,3), got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"{what} must be uint8 or float in [0,1], got dtype {image.dtype} "
+                         f"(16-bit images: convert to 8 bits or scale to [0,1] first)")
+    if not np.isfinite(image).all():
+        raise ValueError(f"{what} holds NaN or inf values")
+    if image.size and (image.min() < 0 or image.max() > 1):
+        raise ValueError(f"{what} is float but not in [0,1] (range {image.min():g}..{image.max():g});"
+                         f" pass uint8 or divide by 255")
+
+
+def check_fill(fill: Any) -> None:
+    """The fill colour: three finite values in [0,1]."""
+    values = np.asarray(fill, dtype=np.float64) if np.ndim(fill) == 1 else None
+    if values is None or values.shape != (3,) or not np.all((values >= 0) & (values <= 1)):
+        raise ValueError(f"fill must be an RGB triple in [0,1], got {fill!r}")
+
+
+def _as_float_image(image: np.ndarray) -> np.ndarray:
+    check_image(image)
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     return image.astype(np.float32, copy=True)
@@ -131,6 +155,7 @@ def hide_and_seek(image: np.ndarray, mask: np.ndarray, *, grid: int, p: float,
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"hiding probability must be in [0, 1], got {p}")
+    check_fill(fill)
     out = _as_float_image(image)
     if mask.shape != out.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {out.shape[:2]}")
@@ -352,8 +377,12 @@ def synthesize_clip(image: np.ndarray, mask: np.ndarray, *, size: int, n_frames:
     """
     if not 0.0 <= hide_p <= 1.0:
         raise ValueError(f"hiding probability must be in [0, 1], got {hide_p}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H,W,3), got shape {image.shape}")
+    check_image(image)
+    check_fill(fill)
+    for name, value in (("size", size), ("n_frames", n_frames), ("grid", grid),
+                        ("max_objects", max_objects)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     mask = _mask_for_warp(mask, image.shape[:2])
     if image.dtype != np.uint8:
         image = image.astype(np.float32)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
 from kmnlib.config import STAGES, get_profile, resolve_data_root, results_root
 from kmnlib.training import TrainingDiverged, train_stage
 
@@ -30,35 +31,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="checkpoint folder (default results/<profile>/checkpoints)")
     ap.add_argument("--no-hide", action="store_true", help="pretrain without Hide-and-Seek (p = 0)")
     ap.add_argument("--init", type=Path, default=None, help="checkpoint to start from (main stage)")
-    ap.add_argument("--iterations", type=int, default=None, help="override the stage's iterations")
+    ap.add_argument("--iterations", type=positive_int, default=None,
+                    help="override the stage's iterations")
     ap.add_argument("--seed", type=int, default=None, help="override the profile's seed")
     ap.add_argument("--device", default=None)
     ap.add_argument("--name", default=None, help="run name (default from stage/hide/init)")
-    ap.add_argument("--force", action="store_true", help="retrain even if the final checkpoint exists")
+    ap.add_argument("--force", action="store_true",
+                    help="retrain even if the final checkpoint exists (it is replaced only when "
+                         "the new one is written)")
     ap.add_argument("--no-resume", action="store_true", help="ignore <name>.last.pt and start over")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch intra-op threads (1 is much faster when other jobs share the CPU)")
+    add_debug_flag(ap)
     a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        overrides = {}
+
+    def work() -> int:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        overrides: dict[str, object] = {}
         if a.iterations is not None:
             overrides[f"{a.stage}.iterations"] = a.iterations
         if a.seed is not None:
             overrides["seed"] = a.seed
         profile = get_profile(a.profile).with_overrides(overrides)
-        out = a.out or results_root() / profile.name / "checkpoints"
-        path = train_stage(profile, a.stage, out, data_root=resolve_data_root(a.data_root),
-                           init=a.init, hide=not a.no_hide, device=a.device,
-                           resume=not a.no_resume, progress=not a.quiet, force=a.force, name=a.name)
-    except (TrainingDiverged, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(path)
-    return 0
+        data_root = resolve_data_root(a.data_root)
+        out = check_output_dir(a.out or results_root() / profile.name / "checkpoints",
+                               argument="--out", inputs=[data_root])
+        if a.init is not None and not Path(a.init).is_file():
+            raise FileNotFoundError(f"--init {a.init}: checkpoint not found")
+        path = train_stage(profile, a.stage, out, data_root=data_root, init=a.init,
+                           hide=not a.no_hide, device=a.device, resume=not a.no_resume,
+                           progress=not a.quiet, force=a.force, name=a.name)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(path)
+        return 0
+
+    return run_command(work, debug=a.debug, status=1, extra_errors=(TrainingDiverged,))
 
 
 if __name__ == "__main__":

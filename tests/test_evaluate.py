@@ -109,17 +109,20 @@ def test_size_mismatch_refused_unless_resize(davis_root, tmp_path, capsys):
     assert pd.read_csv(tmp_path / "ev" / GLOBAL_CSV).columns.tolist() == GLOBAL_COLUMNS
 
 
-def test_extra_result_ids_are_ignored(davis_root, tmp_path):
+def test_result_ids_beyond_the_objects_are_refused(davis_root, tmp_path):
+    # As the official DAVIS-2017 evaluation ("an index higher than the number of objects"):
+    # a DAVIS-2016 result holding id 2 or 3 is refused, naming the file and the id.
     res = tmp_path / "res"
 
     def add_blob(t, m):
         m = m.copy()
-        m[:20, :20][m[:20, :20] == 0] = 2  # id 2 where the GT is background
+        m[:20, :20][m[:20, :20] == 0] = 3  # id 3 where the GT is background
         return m
 
     _write_results(davis_root, res, SEQS[1], add_blob)
-    g, _ = evaluate_davis(davis_root, res, "2016", "val", sequences=SEQS[1:])
-    assert g.loc[0, "J-Mean"] == 1.0 and g.loc[0, "F-Mean"] == 1.0
+    with pytest.raises(ValueError, match=rf"{SEQS[1]}/\d+\.png: holds id\(s\) 3 but the "
+                                         rf"sequence has 1 object"):
+        evaluate_davis(davis_root, res, "2016", "val", sequences=SEQS[1:])
 
 
 def test_bad_arguments(davis_root, tmp_path):
@@ -153,7 +156,7 @@ def test_multi_object_void_and_missing_object(tmp_path):
     labels = _make_davis2017(root)
     for t, lab in enumerate(labels):
         pred = np.where(lab == 2, 0, lab)      # object 2 never predicted
-        pred[pred == 255] = 3                  # void area labelled with an unknown id: ignored
+        pred[pred == 255] = 0                  # a prediction never claims void
         write_label_map(res / "seqa" / f"{t:05d}.png", pred)
     g, s = evaluate_davis(root, res, "2017", "val", out_dir=tmp_path / "ev")
     assert s["Sequence"].tolist() == ["seqa_1", "seqa_2"]

@@ -67,6 +67,8 @@ def test_plot_helpers_write_pngs(tmp_path: Path) -> None:
     rows = [("best", list(frames), list(masks)), ("worst", list(frames[:2]), list(masks[:2]))]
     _png(figures.plot_overlays(rows, tmp_path / "f" / "overlay.png"))
     w = rng.random((3, 3))
-    _png(figures.plot_read_weights(frames[0], frames[1], (1, 1), {"STM": w / w.sum(), "KMN": w},
-                                  tmp_path / "f" / "weights.png"))
+    rows = [("on the twin", (1, 1), {"STM": w / w.sum(), "KMN": w}),
+            ("on the background", (0, 2), {"STM": w / w.sum(), "KMN": w})]
+    _png(figures.plot_read_weights(frames[0], frames[1], rows, tmp_path / "f" / "weights.png",
+                                   outline=masks[1] > 0))
     assert not list((tmp_path / "f").glob(".*"))  # no temp files left behind

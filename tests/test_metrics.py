@@ -220,3 +220,21 @@ def test_sequence_stats_nan_handling_and_short_series():
     assert math.isnan(sequence_stats(np.array([np.nan, np.nan, 1, 1, 1]))[2])  # all-NaN first bin
     with pytest.raises(ValueError):
         sequence_stats(np.array([]))
+
+
+def test_leakage_known_fractions_and_empty_twin() -> None:
+    from kmnlib.metrics import leakage
+
+    twin = np.zeros((3, 4, 5), bool)
+    twin[0, :2, :2] = True                  # 4 twin pixels
+    twin[1, 0, :] = True                    # 5 twin pixels; frame 2 has no twin
+    pred = np.zeros_like(twin)
+    pred[0, 0, :2] = True                   # 2 of 4 leak
+    pred[0, 3, 4] = True                    # outside the twin: not leakage
+    pred[1, 0, :] = True                    # all 5 leak
+    pred[2, :, :] = True                    # no twin: NaN, not 0 or 1
+    out = leakage(pred, twin)
+    assert out[:2].tolist() == [0.5, 1.0] and np.isnan(out[2])
+    assert leakage(pred[0], twin[0]).tolist() == [0.5]
+    with pytest.raises(ValueError, match="differ in shape"):
+        leakage(pred[:, :3], twin)

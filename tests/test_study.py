@@ -41,14 +41,19 @@ def test_runner_stops_at_a_failing_notebook_and_keeps_earlier_outputs(tmp_path, 
     nbs.mkdir()
     _notebook(nbs / "01_pretrain_static.ipynb",
               "import sys, pathlib\nprint('KERNEL', sys.executable)\n"
-              "pathlib.Path(overrides['out_dir'], 'ran_01').write_text(str(overrides['seed']))")
+              "pathlib.Path(overrides['out_dir'], 'ran_01').write_text(str(overrides.get('seed')))")
     _notebook(nbs / "02_train_video.ipynb", "raise RuntimeError('boom in 02')")
     _notebook(nbs / "03_evaluate.ipynb",
               "import pathlib\npathlib.Path(overrides['out_dir'], 'ran_03').touch()")
-    # Outputs of an earlier, successful run of 02 must survive the failing run.
+    # Outputs of an earlier, successful run must survive the failing run: 02's report, the
+    # stage times and the index.
     old = out / "notebooks" / "02_train_video.html"
     old.parent.mkdir(parents=True)
     old.write_text("earlier report")
+    (out / "stage_times.csv").write_text("notebook,seconds,status,finished_utc\n"
+                                         "02_train_video,608.0,ok,2026-01-01T00:00:00+00:00\n")
+    (out / "index.html").write_text("earlier index")
+    before = {p: p.read_bytes() for p in (old, out / "stage_times.csv", out / "index.html")}
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
 
     rc = runner.main(["--profile", "test", "--out-dir", str(out), "--only", "01_pretrain_static",
@@ -65,13 +70,23 @@ def test_runner_stops_at_a_failing_notebook_and_keeps_earlier_outputs(tmp_path, 
     assert old.read_text() == "earlier report"
     assert not (nb_dir / "02_train_video.ipynb").exists()
     assert "boom in 02" in _outputs_text(nb_dir / "02_train_video.failed.ipynb")
-    times = pd.read_csv(out / "stage_times.csv").set_index("notebook")
+    assert all(p.read_bytes() == b for p, b in before.items())  # untouched by the failure
+    times = pd.read_csv(out / "stage_times.failed.csv").set_index("notebook")
     assert times.loc["01_pretrain_static", "status"] == "ok"
     assert times.loc["02_train_video", "status"] == "failed"
     assert "03_evaluate" not in times.index
-    index = (out / "index.html").read_text()
-    assert 'href="notebooks/01_pretrain_static.html"' in index and "failed run" in index
     assert not list(nb_dir.glob(".*running*"))
+    # The next successful run records its times, links the reports and clears the failure record.
+    _notebook(nbs / "02_train_video.ipynb", "print('fixed')")
+    assert runner.main(["--profile", "test", "--out-dir", str(out), "--only", "01_pretrain_static",
+                        "02_train_video", "--params-json",
+                        json.dumps({"data_root": str(data_root)})]) == 0
+    times = pd.read_csv(out / "stage_times.csv").set_index("notebook")
+    assert (times["status"] == "ok").all() and times.loc["02_train_video", "seconds"] < 608
+    index = (out / "index.html").read_text()
+    assert 'href="notebooks/02_train_video.html"' in index
+    assert not (out / "stage_times.failed.csv").exists()
+    assert not (nb_dir / "02_train_video.failed.ipynb").exists()
 
 
 def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypatch) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from kmnlib.config import ModelConfig
 from kmnlib.model.network import KMN
 from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
@@ -17,5 +19,9 @@ def build_model(cfg: Any) -> KMN:
     model_cfg = getattr(cfg, "model", cfg)
     if not isinstance(model_cfg, ModelConfig):
         raise TypeError(f"build_model expects a ModelConfig or Profile, got {type(cfg).__name__}")
-    return KMN(model_cfg)
+    formats = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    if model_cfg.memory_format not in formats:
+        raise ValueError(f"ModelConfig.memory_format: expected one of {list(formats)}, "
+                         f"got {model_cfg.memory_format!r}")
+    return KMN(model_cfg).to(memory_format=formats[model_cfg.memory_format])
 

@@ -195,11 +195,13 @@ class KMN(nn.Module):
 
     def segment(self, query_key: torch.Tensor, query_value: torch.Tensor, f8: torch.Tensor,
                 f4: torch.Tensor, mem_key: torch.Tensor, mem_value: torch.Tensor,
-                sigma: float | None = None) -> torch.Tensor:
+                sigma: float | None = None,
+                blocked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Foreground probability (N,H,W) of N objects, one memory per object (batch of memory).
 
         Query tensors have batch 1 (broadcast to N) or N; ``mem_key`` (N,Ck,T,h,w),
-        ``mem_value`` (N,Cv,T,h,w). ``sigma=None`` is STM's read, a float KMN's kernel width.
+        ``mem_value`` (N,Cv,T,h,w). ``sigma=None`` is STM's read, a float KMN's kernel width;
+        ``blocked`` an oracle intervention in the read (:func:`kmnlib.memory.memory_read`).
         """
         n = mem_key.shape[0]
         if mem_key.dim() != 5 or mem_value.dim() != 5 or mem_value.shape[0] != n:
@@ -212,7 +214,7 @@ class KMN(nn.Module):
             return t.expand(n, -1, -1, -1)
 
         qk, qv, f8, f4 = expand(query_key), expand(query_value), expand(f8), expand(f4)
-        readout = memory_read(mem_key, mem_value, qk, sigma=sigma)
+        readout = memory_read(mem_key, mem_value, qk, sigma=sigma, blocked=blocked)
         logits = self.decode(readout, qv, f8, f4)
         return F.softmax(logits, dim=1)[:, 1]
 

@@ -43,6 +43,13 @@ def unpad(x: torch.Tensor, pad: Pad) -> torch.Tensor:
     return x[..., lh:h - uh, lw:w - uw]
 
 
+def cell_coverage(masks: torch.Tensor) -> torch.Tensor:
+    """Fraction of each feature cell covered by ``masks`` (N,H,W) in [0,1]: (N,h,w) on the padded
+    grid the network's features live on (:func:`pad_divide_by`, then the mean over each cell)."""
+    padded, _ = pad_divide_by(masks[:, None].float())
+    return F.avg_pool2d(padded, FEATURE_STRIDE)[:, 0]
+
+
 def soft_aggregate(fg_probs: torch.Tensor) -> torch.Tensor:
     """Merge independent per-object foreground probabilities into (N+1)-way logits (STM).
 

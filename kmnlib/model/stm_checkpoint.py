@@ -68,7 +68,10 @@ _LISTED = 8  # keys shown per problem kind in error messages
 def stm_model_config() -> ModelConfig:
     """The network of the official release: the paper profile's ResNet-50 widths, no ImageNet file
     (every weight comes from the checkpoint)."""
-    return replace(PAPER.model, backbone="resnet50", pretrained=False, weights=None)
+    # Contiguous layout, as the official code: outputs then match it bit for bit (channels-last
+    # would change float rounding; tests/test_optimisations.py).
+    return replace(PAPER.model, backbone="resnet50", pretrained=False, weights=None,
+                   memory_format="contiguous")
 
 
 def _rename(key: str, table: tuple[tuple[str, str], ...]) -> str | None:

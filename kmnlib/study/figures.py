@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 from kmnlib.analysis.loss_maps import label_boundary  # noqa: E402
 from kmnlib.config import FEATURE_STRIDE  # noqa: E402
+from kmnlib.model.ops import pad_amounts  # noqa: E402
 from kmnlib.data.masks import davis_palette, read_label_map  # noqa: E402
 from kmnlib.files import save_figure  # noqa: E402
 from kmnlib.training.log import read_log  # noqa: E402
@@ -226,35 +227,66 @@ def plot_loss_maps(frames: Any, masks: Any, hidden: Any, loss: Any,
     return _finish(fig, axes, out_png, title)
 
 
-def plot_read_weights(memory_frame: Any, query_frame: Any, query_yx: tuple[int, int],
-                      weights: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
-    """Fig. 1 style: where one query position reads from in the memory frame, per read.
+def plot_read_weights(memory_frame: Any, query_frame: Any,
+                      rows: Sequence[tuple[str, tuple[int, int], Mapping[str, Any]]],
+                      out_png: str | os.PathLike, *, outline: Any = None) -> Path:
+    """Fig. 1 style: where query cells read from in the memory frame, one row per query cell.
 
-    ``query_yx`` is in feature cells (``FEATURE_STRIDE`` pixels); ``weights`` maps a label (e.g. "STM",
-    "KMN σ=7") to an (h,w) weight map over the memory frame's feature grid.
+    ``rows``: (title, query cell (y, x) on the padded feature grid, {read label: (h,w) weights over
+    the memory frame's padded grid}). ``outline``: an optional bool (H,W) map drawn on the query
+    frame (e.g. the distractor).
     """
     mem, qry = to_uint8_image(memory_frame), to_uint8_image(query_frame)
-    n = len(weights)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * (n + 1), 2.6), squeeze=False)
-    ax = axes[0, 0]
-    ax.imshow(qry)
-    qy, qx = query_yx
-    ax.plot([(qx + 0.5) * FEATURE_STRIDE - 0.5], [(qy + 0.5) * FEATURE_STRIDE - 0.5], marker="+", ms=14, mew=2.5,
-            color="red")
-    ax.set_title("query frame, query position", fontsize=8)
-    ax.axis("off")
     h, w = mem.shape[:2]
-    for k, (label, wmap) in enumerate(weights.items(), start=1):
-        wm = np.asarray(wmap.detach().cpu() if hasattr(wmap, "detach") else wmap, dtype=np.float32)
-        if wm.ndim != 2:
-            raise ValueError(f"read weights {label!r} must be (h,w), got shape {wm.shape}")
-        ax = axes[0, k]
-        ax.imshow(mem)
-        ax.imshow(wm, cmap="jet", alpha=0.55, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-                  interpolation="nearest")
-        ax.set_title(f"memory frame, {label}: max weight {wm.max():.3f}", fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
+    lw, _, lh, _ = pad_amounts(h, w)
+    ncol = 1 + max(len(maps) for _, _, maps in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.0 * ncol, 2.0 * len(rows) + 0.4),
+                             squeeze=False)
+    for r, (title, (qy, qx), maps) in enumerate(rows):
+        ax = axes[r, 0]
+        ax.imshow(qry)
+        if outline is not None:
+            ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="yellow",
+                       linewidths=0.7)
+        ax.plot([(qx + 0.5) * FEATURE_STRIDE - lw - 0.5], [(qy + 0.5) * FEATURE_STRIDE - lh - 0.5],
+                marker="+", ms=14, mew=2.5, color="red")
+        ax.set_title(f"query frame: {title}", fontsize=8)
+        for k, (label, wmap) in enumerate(maps.items(), start=1):
+            wm = np.asarray(wmap.detach().cpu() if hasattr(wmap, "detach") else wmap,
+                            dtype=np.float32)
+            if wm.ndim != 2:
+                raise ValueError(f"read weights {label!r} must be (h,w), got shape {wm.shape}")
+            gh, gw = wm.shape  # the padded grid, shifted by the padding into image coordinates
+            ax = axes[r, k]
+            ax.imshow(mem)
+            ax.imshow(wm, cmap="jet", alpha=0.55, interpolation="nearest",
+                      extent=(-lw - 0.5, gw * FEATURE_STRIDE - lw - 0.5,
+                              gh * FEATURE_STRIDE - lh - 0.5, -lh - 0.5))
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_title(f"memory frame, {label}: max {wm.max():.3f}", fontsize=8)
+    return _finish(fig, axes, out_png, "")
+
+
+def plot_gap_histogram(gaps: pd.DataFrame, sigmas: Sequence[float], out_png: str | os.PathLike
+                       ) -> Path:
+    """At twin cells: the distribution of the object's logit advantage (best object − best
+    non-object memory logit) beside the kernel's log-penalty d²/2σ² at each cell's distance, per σ."""
+    if gaps.empty:
+        raise ValueError("plot_gap_histogram: no twin cells to plot")
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    hi = float(np.percentile(np.r_[gaps["object_gap"].abs(), 1.0], 99))
+    bins = np.linspace(-hi, hi, 50)
+    ax.hist(gaps["object_gap"], bins=bins, alpha=0.5, color="k", label="object gap (logits)")
+    for i, s in enumerate(sigmas):
+        pen = (gaps["distance"] ** 2 / (2 * s * s)).clip(upper=hi)
+        ax.hist(pen, bins=bins, histtype="step", lw=1.5, color=f"C{i}",
+                label=f"kernel penalty d²/2σ², σ={s:g}")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(xlabel="logit units (c/√d)", ylabel="twin cells",
+           title="twin cells: object's logit advantage vs the kernel's penalty")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return save_figure(fig, out_png)
 
 

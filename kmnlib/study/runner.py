@@ -37,7 +37,7 @@ from kmnlib.study.session import resolve_study
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS: tuple[str, ...] = ("01_pretrain_static", "02_train_video", "03_evaluate",
-                              "04_ablation", "05_loss_maps", "06_tables")
+                              "04_ablation", "05_loss_maps", "06_tables", "07_distractors")
 KERNEL_NAME = "python3"
 STAGE_TIMES = "stage_times.csv"
 
@@ -67,7 +67,8 @@ def render_html(ipynb: Path, html_path: Path) -> Path:
     return save_text(body, html_path)
 
 
-def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: Path) -> float:
+def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: Path,
+                     progress: bool = False) -> float:
     """Execute ``src`` with papermill into ``dst`` (written via a temp file); return wall seconds.
 
     On failure the partially executed notebook is kept as ``<dst stem>.failed.ipynb`` and
@@ -82,8 +83,10 @@ def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: P
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(kernel_dir(workdir)), old) if p)
     t0 = time.perf_counter()
     try:
+        # The progress bar (stderr) shows which cell of which notebook is running; training and
+        # evaluation print their own progress lines from the kernel and its workers.
         pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
-                            cwd=str(src.parent), progress_bar=False, log_output=False)
+                            cwd=str(src.parent), progress_bar=progress, log_output=False)
     except BaseException:
         if tmp.exists():
             os.replace(tmp, failed)
@@ -99,18 +102,25 @@ def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: P
     return seconds
 
 
-def record_stage_time(out_dir: Path, notebook: str, seconds: float, status: str) -> pd.DataFrame:
-    """Upsert one notebook's wall time into ``stage_times.csv`` (one row per notebook, latest run)."""
+TIME_COLUMNS = ["notebook", "seconds", "status", "finished_utc"]
+
+
+def stage_time(notebook: str, seconds: float, status: str) -> dict[str, Any]:
+    """One row of ``stage_times.csv``."""
+    return {"notebook": notebook, "seconds": round(seconds, 2), "status": status,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_stage_times(out_dir: Path, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Upsert this run's rows into ``stage_times.csv`` (one row per notebook, latest run)."""
     path = out_dir / STAGE_TIMES
-    cols = ["notebook", "seconds", "status", "finished_utc"]
-    df = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=cols)
-    df = df[df["notebook"] != notebook]
-    row = pd.DataFrame([{"notebook": notebook, "seconds": round(seconds, 2), "status": status,
-                         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}])
-    df = pd.concat([df, row] if len(df) else [row], ignore_index=True)
+    df = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=TIME_COLUMNS)
+    df = df[~df["notebook"].isin([r["notebook"] for r in rows])]
+    new = pd.DataFrame(list(rows), columns=TIME_COLUMNS)
+    df = pd.concat([df, new] if len(df) else [new], ignore_index=True)
     order = {n: i for i, n in enumerate(NOTEBOOKS)}
     df = df.sort_values("notebook", key=lambda s: s.map(lambda n: order.get(n, len(order))))
-    save_csv(df[cols], path)
+    save_csv(df[TIME_COLUMNS], path)
     return df
 
 
@@ -168,13 +178,20 @@ def notebook_parameters(profile: str, overrides: Mapping[str, Any]) -> dict[str,
     return {"profile": profile, "overrides": out}
 
 
+FAILED_RUN = "stage_times.failed.csv"
+
+
 def run_study(profile: str, overrides: Mapping[str, Any] | None = None, *,
               only: Sequence[str] | None = None, notebook_dir: Path | None = None,
-              log: Callable[[str], None] = print) -> Path:
+              log: Callable[[str], None] = print, progress: bool = False) -> Path:
     """Execute the notebooks (all, or ``only``) in order; return the path of ``index.html``.
 
-    Raises ``ValueError`` for bad arguments before anything runs, and papermill's exception when a
-    notebook fails, after recording the failure in the stage times.
+    Bad arguments raise ``ValueError`` before anything runs. Each notebook's executed copy and
+    HTML report replace the previous ones only when it succeeds. ``stage_times.csv`` and
+    ``index.html`` are updated only when the whole run succeeds: a failing notebook stops the chain
+    (papermill's exception propagates), its partial execution is kept as
+    ``notebooks/<name>.failed.ipynb`` and this run's times, the failure included, go to
+    ``stage_times.failed.csv`` beside them.
     """
     notebook_dir = Path(notebook_dir or NOTEBOOK_DIR)
     names = list(NOTEBOOKS) if not only else list(only)
@@ -182,24 +199,32 @@ def run_study(profile: str, overrides: Mapping[str, Any] | None = None, *,
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; known: {list(NOTEBOOKS)}")
     names = [n for n in NOTEBOOKS if n in names]  # always in study order
+    missing = [n for n in names if not (notebook_dir / f"{n}.ipynb").is_file()]
+    if missing:
+        raise ValueError(f"{notebook_dir}: notebook(s) {missing} not found")
     parameters = notebook_parameters(profile, overrides or {})
     out_dir = Path(parameters["overrides"]["out_dir"])
     nb_out = out_dir / "notebooks"
     nb_out.mkdir(parents=True, exist_ok=True)
+    times: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kmn-kernel-") as kdir:
         for name in names:
             log(f"[study] {name} …")
             t0 = time.perf_counter()
             try:
                 secs = execute_notebook(notebook_dir / f"{name}.ipynb", nb_out / f"{name}.ipynb",
-                                        parameters, workdir=Path(kdir))
+                                        parameters, workdir=Path(kdir), progress=progress)
             except BaseException:
-                record_stage_time(out_dir, name, time.perf_counter() - t0, "failed")
-                render_index(out_dir, profile)
+                times.append(stage_time(name, time.perf_counter() - t0, "failed"))
+                save_csv(pd.DataFrame(times, columns=TIME_COLUMNS), out_dir / FAILED_RUN)
+                log(f"[study] {name} FAILED; this run's times: {out_dir / FAILED_RUN}; "
+                    f"the partial execution: {nb_out / (name + '.failed.ipynb')}")
                 raise
             render_html(nb_out / f"{name}.ipynb", nb_out / f"{name}.html")
-            record_stage_time(out_dir, name, secs, "ok")
+            times.append(stage_time(name, secs, "ok"))
             log(f"[study] {name} done in {secs:.1f} s → {nb_out / (name + '.html')}")
+    record_stage_times(out_dir, times)
+    (out_dir / FAILED_RUN).unlink(missing_ok=True)
     return render_index(out_dir, profile)
 
 
@@ -236,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides[key] = str(value) if isinstance(value, Path) else value
         if args.force:
             overrides["force"] = True
-        index = run_study(args.profile, overrides, only=args.only)
+        index = run_study(args.profile, overrides, only=args.only, progress=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kmnlib.checkpoints import checkpoint_stage, load_model
-from kmnlib.data import DAVISDataset, YouTubeVOSDataset
+from kmnlib.checkpoints import checkpoint_stage, inference_model
+from kmnlib.data import DAVISDataset, YouTubeVOSDataset, derived
 from kmnlib.evaluate import evaluate_davis
 from kmnlib.files import atomic_write, save_csv, save_text
 from kmnlib.memory import sigma_label
@@ -27,22 +28,29 @@ from kmnlib.predict import run_dataset
 from kmnlib.study.session import Study
 
 DAVIS16_VAL = "DAVIS-2016:val"
+TWIN_VAL = f"{derived.TWIN}:val"     # DAVIS-2016 val with a mirrored twin of the object
+PAIRS_VAL = f"{derived.PAIRS}:val"   # two-object composites of DAVIS-2016 val videos
+# Derived sets: DAVIS year of their layout and builder (kmnlib.data.derived).
+DERIVED_SETS = {derived.TWIN: ("2016", derived.build_twin_set),
+                derived.PAIRS: ("2017", derived.build_pair_set)}
 
 
 @dataclass(frozen=True)
 class EvalJob:
     """One evaluation: a checkpoint (tagged for folder names, e.g. ``has``) read with ``sigma``
-    (None = STM's read) on a DAVIS split."""
+    (None = STM's read) on a DAVIS-layout split. ``oracle`` (twin set only; analysis, not the
+    method): twin pixels read nothing from the object's memory."""
 
     checkpoint: Path
     model_tag: str
     sigma: float | None
     dataset: str = DAVIS16_VAL
+    oracle: bool = False
 
     @property
     def run(self) -> str:
         """The run folder's name (:func:`run_name`, with the dataset for sets other than DAVIS-16 val)."""
-        name = run_name(self.model_tag, self.sigma)
+        name = run_name(self.model_tag, self.sigma) + ("_oracle" if self.oracle else "")
         return name if self.dataset == DAVIS16_VAL else f"{name}_{dataset_tag(self.dataset)}"
 
 
@@ -61,12 +69,25 @@ def _fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str) -> dict[str, Any]:
+def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
+            oracle: bool = False) -> dict[str, Any]:
     """What a cached run folder's ``run.json`` must hold for the folder to be reused."""
     inf = study.profile.inference
     return {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma, "dataset": dataset,
-            "sequences": study.sequences, "infer_height": inf.infer_height,
-            "davis_resolution": inf.davis_resolution, "mem_every": inf.mem_every}
+            "oracle": oracle, "sequences": _sequences_of(study, dataset),
+            "infer_height": inf.infer_height, "davis_resolution": inf.davis_resolution,
+            "mem_every": inf.mem_every, "fold_batchnorm": inf.fold_batchnorm,
+            "precision": inf.precision}
+
+
+def _sequences_of(study: Study, dataset: str) -> list[str] | None:
+    """The study's val subset as it applies to ``dataset`` (pairs: videos whose host is in it)."""
+    if study.sequences is None:
+        return None
+    if dataset.startswith(derived.PAIRS):
+        return [n for n in davis(study, dataset).names if n.split("+")[0] in study.sequences] \
+            or None
+    return study.sequences
 
 
 def is_cached(marker: Path, key: dict[str, Any], files: Sequence[Path]) -> bool:
@@ -97,12 +118,19 @@ def protocol(study: Study, stage: str) -> str:
 
 
 def davis(study: Study, dataset: str) -> DAVISDataset:
-    """The reader of a DAVIS split (``"DAVIS-2016:val"``) under the study's data root, at the
-    profile's DAVIS folder (inference resizes frames; ground truth is evaluated there)."""
+    """The reader of a DAVIS-layout split (``"DAVIS-2016:val"``, or a derived stress set, built
+    into the study's derived-data folder on first use) at the profile's DAVIS folder (inference
+    resizes frames; ground truth is evaluated there)."""
     set_name, _, split = dataset.partition(":")
-    if set_name not in ("DAVIS-2016", "DAVIS-2017"):
-        raise ValueError(f"{dataset!r} has no local evaluation (DAVIS-2016/2017 only)")
-    return DAVISDataset(study.data_root / set_name, year=set_name[-4:], split=split,
+    if set_name in DERIVED_SETS:
+        year, build = DERIVED_SETS[set_name]
+        root = build(study.data_root / "DAVIS-2016", study.derived_dir)
+    elif set_name in ("DAVIS-2016", "DAVIS-2017"):
+        year, root = set_name[-4:], study.data_root / set_name
+    else:
+        raise ValueError(f"{dataset!r} has no local evaluation (DAVIS-2016/2017 or "
+                         f"{sorted(DERIVED_SETS)})")
+    return DAVISDataset(root, year=year, split=split,
                         resolution=study.profile.inference.davis_resolution)
 
 
@@ -114,7 +142,10 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
     """
     run_dir = study.out_dir / job.run
     ds = davis(study, job.dataset)
-    key = run_key(study, job.checkpoint, job.sigma, job.dataset)
+    if job.oracle and not job.dataset.startswith(derived.TWIN):
+        raise ValueError(f"{job.run}: the oracle read needs the twin set's distractor maps")
+    key = run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle)
+    sequences = _sequences_of(study, job.dataset)
     marker = run_dir / "run.json"
     stage = checkpoint_stage(job.checkpoint)
     about = {"training_data": training_data(study, stage),
@@ -126,12 +157,15 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
     if not cached:
         marker.unlink(missing_ok=True)  # a half-finished folder must not look finished
         inf = study.profile.inference
-        timings = run_dataset(load_model(job.checkpoint, study.device), ds, run_dir / "masks",
-                              sigma=job.sigma, mem_every=inf.mem_every,
+        oracle = (lambda seq: derived.twin_masks(ds.root, seq.name)) if job.oracle else None
+        timings = run_dataset(inference_model(job.checkpoint, inf, study.device), ds,
+                              run_dir / "masks", sigma=job.sigma, mem_every=inf.mem_every,
                               infer_height=inf.infer_height, resolution_out="gt",
-                              sequences=study.sequences, device=study.device)
+                              sequences=sequences, device=study.device,
+                              precision=inf.precision, oracle=oracle,
+                              report=_reporter(study, job.run))
         evaluate_davis(ds.root, run_dir / "masks", year=ds.year, split=ds.split, out_dir=run_dir,
-                       sequences=study.sequences, resolution=ds.resolution)
+                       sequences=sequences, resolution=ds.resolution)
         save_csv(pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())}),
                  files[2])
         save_text(json.dumps(key, indent=1), marker)
@@ -140,6 +174,13 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
     return {"run": job.run, "run_dir": run_dir, "global": pd.read_csv(files[0]),
             "per_sequence": pd.read_csv(files[1]),
             "s_per_frame": float(timing["s_per_frame"].mean()), "cached": cached, **about}
+
+
+def _reporter(study: Study, run: str) -> Callable[[str], None] | None:
+    """Progress lines ``[eval <run>] …`` on stderr when the study shows progress."""
+    if not study.settings.progress:
+        return None
+    return lambda line: print(f"[eval {run}] {line}", file=sys.stderr, flush=True)
 
 
 def _evaluate_job(study: Study, job: EvalJob) -> str:
@@ -154,6 +195,8 @@ def evaluate_all(study: Study, jobs: Sequence[EvalJob]) -> dict[EvalJob, dict[st
     then read back from its folder (``cached`` says whether it existed before this call).
     """
     unique = list(dict.fromkeys(jobs))
+    for dataset in dict.fromkeys(j.dataset for j in unique):
+        davis(study, dataset)  # derived sets are built here, once, not by racing workers
     fresh = set()
     todo = [j for j in unique if study.force or not _is_done(study, j)]
     if todo:
@@ -169,8 +212,8 @@ def evaluate_all(study: Study, jobs: Sequence[EvalJob]) -> dict[EvalJob, dict[st
 def _is_done(study: Study, job: EvalJob) -> bool:
     run_dir = study.out_dir / job.run
     files = [run_dir / n for n in ("global_results.csv", "per-sequence_results.csv", "timing.csv")]
-    return is_cached(run_dir / "run.json", run_key(study, job.checkpoint, job.sigma, job.dataset),
-                     files)
+    return is_cached(run_dir / "run.json",
+                     run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle), files)
 
 
 def extra_eval_sets(study: Study) -> list[str]:
@@ -206,9 +249,10 @@ def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma
         # A study restricted to some sequences (smoke runs name DAVIS videos) predicts those it has.
         names = None if study.sequences is None else [n for n in study.sequences if n in ds.names]
         inf = study.profile.inference
-        timings = run_dataset(load_model(checkpoint, study.device), ds, run_dir / "Annotations",
-                              sigma=sigma, mem_every=inf.mem_every, infer_height=inf.infer_height,
-                              resolution_out="gt", sequences=names, device=study.device)
+        timings = run_dataset(inference_model(checkpoint, inf, study.device), ds,
+                              run_dir / "Annotations", sigma=sigma, mem_every=inf.mem_every,
+                              infer_height=inf.infer_height, resolution_out="gt", sequences=names,
+                              device=study.device, precision=inf.precision)
         save_csv(pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())}),
                  timing_csv)
 

@@ -8,6 +8,7 @@ fields (``data_root``, ``out_dir``, ``sequences``, ``threads``, ...) or dotted p
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import warnings
 from collections.abc import Mapping
@@ -18,8 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from kmnlib.config import (Profile, StudySettings, get_profile, resolve_data_root, results_root,
-                           split_overrides, study_settings)
+from kmnlib.config import (
+    REPO_ROOT,
+    Profile,
+    StudySettings,
+    get_profile,
+    resolve_data_root,
+    results_root,
+    split_overrides,
+    study_settings,
+)
+from kmnlib.files import save_text
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,12 @@ class Study:
         return list(self.settings.sequences) if self.settings.sequences else None
 
     @property
+    def derived_dir(self) -> Path:
+        """Cache of the stress sets derived from the data (:mod:`kmnlib.data.derived`)."""
+        assert self.settings.derived_dir is not None
+        return self.settings.derived_dir
+
+    @property
     def checkpoints(self) -> Path:
         return self.out_dir / "checkpoints"
 
@@ -79,13 +95,24 @@ def resolve_study(profile: str, overrides: Mapping[str, Any] | None = None) -> S
                          f"(run `make data`, or pass data_root / set KMN_DATA to the folder "
                          f"holding DAVIS-2016/)")
     out = (settings.out_dir or results_root() / prof.name).expanduser().resolve()
-    return Study(prof, dataclasses.replace(settings, data_root=root, out_dir=out))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out}: is a file, not a folder; name a folder for the results")
+    if out == root or root in out.parents:
+        raise ValueError(f"out_dir {out}: lies inside the data root {root}; results must not be "
+                         f"written into the data — choose another folder")
+    cache = (settings.derived_dir or REPO_ROOT / "data" / "derived").expanduser().resolve()
+    return Study(prof, dataclasses.replace(settings, data_root=root, out_dir=out,
+                                           derived_dir=cache))
+
+
+PROFILE_JSON = "profile.json"
 
 
 def open_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Study:
     """The notebooks' first call: :func:`resolve_study`, then seed numpy and torch with the
     profile's seed, set torch's CPU threads (``threads``: on a CPU shared with other jobs one
-    thread per process is many times faster than two) and create the output folder."""
+    thread per process is many times faster than two), create the output folder and record the
+    profile there (``profile.json``: replicates are recognised by it)."""
     study = resolve_study(profile, overrides)
     np.random.seed(study.profile.seed)
     torch.manual_seed(study.profile.seed)
@@ -94,6 +121,10 @@ def open_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Stud
     # Training imports tqdm.auto, which warns when ipywidgets is absent; progress bars are off here.
     warnings.filterwarnings("ignore", message="IProgress not found")
     study.out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(study.profile.to_dict(), indent=1)
+    path = study.out_dir / PROFILE_JSON
+    if not path.is_file() or path.read_text() != text:
+        save_text(text, path)
     return study
 
 

@@ -7,17 +7,20 @@ protocol label (:func:`kmnlib.study.runs.protocol`).
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
-from kmnlib.memory import sigma_label
+from kmnlib.study.effects import effects_table, paired_effect
 from kmnlib.study.runs import DAVIS16_VAL, EvalJob, evaluate_all
-from kmnlib.study.session import Study
+from kmnlib.study.session import PROFILE_JSON, Study
+from kmnlib.study.training import STAGE_LABELS, Model
 from kmnlib.training.log import read_log
 
 Results = Mapping[EvalJob, dict[str, Any]]
@@ -116,94 +119,248 @@ class EvalTable(Protocol):
     def build(self, results: Results) -> pd.DataFrame: ...
 
 
+def results_for(study: Study, *tables: EvalTable) -> Results:
+    """The results of the union of the tables' evaluation jobs (:func:`evaluate_all`: missing runs
+    are computed side by side first); build each table from them."""
+    return evaluate_all(study, [j for t in tables for j in t.jobs()])
+
+
 def make_tables(study: Study, *tables: EvalTable) -> list[pd.DataFrame]:
-    """Run the union of the tables' evaluation jobs (:func:`evaluate_all`), then build each."""
-    results = evaluate_all(study, [j for t in tables for j in t.jobs()])
+    """:func:`results_for` the tables, then each table built."""
+    results = results_for(study, *tables)
     return [t.build(results) for t in tables]
+
+
+def row_labels(study: Study, model: Model, sigma: float | None, dataset: str = DAVIS16_VAL
+               ) -> dict[str, Any]:
+    """What a row of ours is: set, backbone, stage, pre-training arm, read, σ, resolution, seed."""
+    return {"set": dataset, "backbone": study.profile.model.backbone,
+            "stage": STAGE_LABELS[model.stage], "pretraining": model.arm,
+            "read": "STM read" if sigma is None else "KM",
+            "sigma": float("nan") if sigma is None else float(sigma),
+            "resolution": study.profile.inference_label(), "seed": study.profile.seed}
+
+
+LABEL_COLUMNS = ["set", "backbone", "stage", "pretraining", "read", "sigma", "resolution", "seed"]
+
+
+@dataclass(frozen=True)
+class ArmsTable:
+    """Every model × every read on one DAVIS-layout set: one labelled row each (J&F, J, F,
+    s/frame, run, protocol), and the same runs per sequence (:meth:`per_sequence`)."""
+
+    study: Study
+    models: Sequence[Model]
+    reads: Sequence[float | None]
+    dataset: str = DAVIS16_VAL
+
+    def _pairs(self) -> list[tuple[Model, float | None, EvalJob]]:
+        return [(m, s, EvalJob(m.checkpoint, m.tag, s, self.dataset))
+                for m in self.models for s in self.reads]
+
+    def jobs(self) -> list[EvalJob]:
+        return [job for _, _, job in self._pairs()]
+
+    def build(self, results: Results) -> pd.DataFrame:
+        rows = []
+        for model, sigma, job in self._pairs():
+            res = results[job]
+            rows.append({**row_labels(self.study, model, sigma, self.dataset),
+                         **jf_from_global(res["global"], source=str(res["run_dir"])),
+                         "s/frame": res["s_per_frame"], "run": res["run"],
+                         "protocol": res["protocol"]})
+        return pd.DataFrame(rows)
+
+    def per_sequence(self, results: Results) -> pd.DataFrame:
+        """Per sequence of every row: the labels, sequence, objects, J, F, J&F (percent)."""
+        frames = [per_sequence_table(results[job]["per_sequence"]).assign(
+                      **row_labels(self.study, model, sigma, self.dataset), run=job.run)
+                  for model, sigma, job in self._pairs()]
+        df = pd.concat(frames, ignore_index=True)
+        return df.reindex(columns=LABEL_COLUMNS + ["run", "sequence", "objects", "J", "F", "J&F"])
 
 
 @dataclass(frozen=True)
 class Ablation:
-    """Table 3 rows of ours: each model (label "HaS" / "no HaS" → checkpoint, tag) read with the
-    kernel σ and with STM's read; DAVIS16 val J&F, DAVIS17 val when in ``extra_sets``."""
+    """Table 3 rows of ours: each main-trained model (HaS / no HaS) with STM's read and with the
+    kernel at each σ of ``sigmas``; DAVIS16 val J&F (DAVIS17 val when in ``extra_sets``)."""
 
-    models: Mapping[str, tuple[Path, str]]
-    sigma: float
+    study: Study
+    models: Sequence[Model]
+    sigmas: Sequence[float]
     extra_sets: Sequence[str] = field(default_factory=tuple)
 
-    def _job(self, label: str, read: float | None, dataset: str = DAVIS16_VAL) -> EvalJob:
-        ckpt, tag = self.models[label]
-        return EvalJob(Path(ckpt), tag, read, dataset)
+    def _job(self, model: Model, read: float | None, dataset: str = DAVIS16_VAL) -> EvalJob:
+        return EvalJob(model.checkpoint, model.tag, read, dataset)
+
+    def _reads(self) -> list[float | None]:
+        return [None, *self.sigmas]
 
     def jobs(self) -> list[EvalJob]:
         sets = [DAVIS16_VAL, *(s for s in self.extra_sets if s == "DAVIS-2017:val")]
-        return [self._job(label, read, ds) for label in self.models
-                for read in (None, self.sigma) for ds in sets]
+        return [self._job(m, read, ds) for m in self.models for read in self._reads()
+                for ds in sets]
 
     def build(self, results: Results) -> pd.DataFrame:
         rows = []
-        for label in self.models:
-            for read in (None, self.sigma):
-                res = results[self._job(label, read)]
+        for model in self.models:
+            for read in self._reads():
+                res = results[self._job(model, read)]
                 d17 = float("nan")
                 if "DAVIS-2017:val" in self.extra_sets:
-                    d17 = jf_from_global(results[self._job(label, read, "DAVIS-2017:val")]
+                    d17 = jf_from_global(results[self._job(model, read, "DAVIS-2017:val")]
                                          ["global"])["J&F"]
-                rows.append({"method": "KMN", "HaS": label == "HaS", "KM": read is not None,
+                rows.append({**row_labels(self.study, model, read),
+                             "method": "ours", "HaS": model.arm == "HaS", "KM": read is not None,
                              "DAVIS16 J&F": jf_from_global(res["global"])["J&F"],
                              "DAVIS17 J&F": d17, "YouTube-VOS overall": float("nan"),
-                             "read": sigma_label(read), "s/frame": res["s_per_frame"],
-                             "run": res["run"], "protocol": res["protocol"]})
-        order = {(False, False): 0, (True, False): 1, (False, True): 2, (True, True): 3}
-        rows.sort(key=lambda r: order[(r["HaS"], r["KM"])])
+                             "s/frame": res["s_per_frame"], "run": res["run"],
+                             "protocol": res["protocol"]})
+        rows.sort(key=lambda r: (r["KM"], r["HaS"], 0 if np.isnan(r["sigma"]) else r["sigma"]))
         return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
 class SigmaSweep:
-    """DAVIS16 val J&F/J/F of each model (label → checkpoint, tag) for every σ (None = STM read)."""
+    """DAVIS16 val J&F/J/F of each model for every σ (None = STM read)."""
 
-    models: Mapping[str, tuple[Path, str]]
+    study: Study
+    models: Sequence[Model]
     sigmas: Sequence[float | None]
 
     def jobs(self) -> list[EvalJob]:
-        return [EvalJob(Path(c), tag, s) for c, tag in self.models.values() for s in self.sigmas]
+        return [EvalJob(m.checkpoint, m.tag, s) for m in self.models for s in self.sigmas]
 
     def build(self, results: Results) -> pd.DataFrame:
         rows = []
-        for label, (ckpt, tag) in self.models.items():
+        for model in self.models:
             for s in self.sigmas:
-                res = results[EvalJob(Path(ckpt), tag, s)]
-                rows.append({"model": label, "sigma": float("nan") if s is None else float(s),
-                             "read": sigma_label(s), **jf_from_global(res["global"]),
-                             "s/frame": res["s_per_frame"], "run": res["run"]})
+                res = results[EvalJob(model.checkpoint, model.tag, s)]
+                rows.append({**row_labels(self.study, model, s), "model": model.label,
+                             **jf_from_global(res["global"]), "s/frame": res["s_per_frame"],
+                             "run": res["run"]})
         return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
 class Table1:
-    """Our rows for Table 1 (DAVIS16 val; DAVIS17 val when in ``extra_sets``): the static-only HaS
-    model and the HaS model with the kernel ("KMN"), the no-HaS model with STM's read ("STM").
+    """Our rows for Table 1 (DAVIS16 val; DAVIS17 val when in ``extra_sets``), each named by what
+    it is: the KMN recipe (HaS pre-training, kernel read σ) static-only and after video training,
+    and the STM recipe on our network (no-HaS pre-training, STM's read) likewise."""
 
-    ``models``: ``pretrain_has``, ``has``, ``nohas`` → checkpoint (the keys are also the tags).
-    """
-
-    models: Mapping[str, Path]
+    study: Study
+    models: Sequence[Model]
     sigma: float
     extra_sets: Sequence[str] = field(default_factory=tuple)
 
-    def _rows(self) -> list[tuple[str, str, EvalJob]]:
+    def _rows(self) -> list[tuple[str, str, Model, EvalJob]]:
         out = []
         for ds in [DAVIS16_VAL, *self.extra_sets]:
             label = "DAVIS16 val" if ds == DAVIS16_VAL else "DAVIS17 val"
-            for method, key, read in (("KMN", "pretrain_has", self.sigma),
-                                      ("KMN", "has", self.sigma), ("STM", "nohas", None)):
-                out.append((method, label, EvalJob(Path(self.models[key]), key, read, ds)))
+            for model in self.models:
+                read = self.sigma if model.arm == "HaS" else None
+                method = (f"ours, KMN recipe: {model.label}, KM σ={self.sigma:g}" if read
+                          else f"ours, STM recipe: {model.label}, STM read")
+                out.append((method, label, model, EvalJob(model.checkpoint, model.tag, read, ds)))
         return out
 
     def jobs(self) -> list[EvalJob]:
-        return [job for _, _, job in self._rows()]
+        return [job for *_, job in self._rows()]
 
     def build(self, results: Results) -> pd.DataFrame:
-        return pd.DataFrame([results_row(results[job], method=method, dataset=label)
-                             for method, label, job in self._rows()])
+        return pd.DataFrame([{**results_row(results[job], method=method, dataset=label),
+                              **row_labels(self.study, model, job.sigma, job.dataset)}
+                             for method, label, model, job in self._rows()])
+
+
+# --- replicates and effects ------------------------------------------------------------------
+def replicate_dirs(study: Study) -> list[Path]:
+    """This run's folder and its replicates beside it (``<out_dir>-seed<N>``) whose profile equals
+    this one but for the seed (``profile.json``, written by :func:`kmnlib.study.session.open_study`)."""
+    mine = _profile_without_seed(study.out_dir / PROFILE_JSON)
+    out = [study.out_dir]
+    for d in sorted(study.out_dir.parent.glob(f"{study.out_dir.name}-seed*")):
+        if d.is_dir() and (d / PROFILE_JSON).is_file() and _profile_without_seed(d / PROFILE_JSON) == mine:
+            out.append(d)
+    return out
+
+
+def _profile_without_seed(path: Path) -> dict[str, Any]:
+    prof = json.loads(path.read_text())
+    prof.pop("seed", None)
+    return prof
+
+
+def pooled_per_sequence(study: Study, table: str) -> pd.DataFrame:
+    """``tables/<table>`` of this run and of every replicate (:func:`replicate_dirs`) that has it,
+    stacked (each row carries its seed)."""
+    frames = [pd.read_csv(d / "tables" / table) for d in replicate_dirs(study)
+              if (d / "tables" / table).is_file()]
+    if not frames:
+        raise FileNotFoundError(f"{study.out_dir / 'tables' / table}: per-sequence table missing")
+    return pd.concat(frames, ignore_index=True)
+
+
+def select_rows(per_seq: pd.DataFrame, **match: Any) -> pd.DataFrame:
+    """Rows whose columns equal ``match`` (``sigma=None`` matches STM's read, stored as NaN)."""
+    sel = pd.Series(True, index=per_seq.index)
+    for col, value in match.items():
+        if col == "sigma" and value is None:
+            sel &= per_seq[col].isna()
+        elif col == "sigma":
+            sel &= np.isclose(per_seq[col].astype(float), float(value))
+        else:
+            sel &= per_seq[col] == value
+    return per_seq[sel]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a − b`` on per-sequence rows: ``a`` and ``b`` are column matches (:func:`select_rows`)."""
+
+    comparison: str
+    stage: str
+    read: str
+    a: Mapping[str, Any]
+    b: Mapping[str, Any]
+    metric: str = "J&F"
+
+
+def val_comparisons(sigmas: Sequence[float]) -> list[Comparison]:
+    """The DAVIS-16 val effects of the study: the kernel (KM − STM read) on every model at each σ,
+    and Hide-and-Seek (HaS − no HaS) at both stages with either read (the first σ)."""
+    out = []
+    for stage in STAGE_LABELS.values():
+        for s in sigmas:
+            for arm in ("HaS", "no HaS"):
+                out.append(Comparison(f"KM − STM read, {arm} model", stage, f"KM σ={s:g} vs STM",
+                                      dict(stage=stage, pretraining=arm, sigma=s),
+                                      dict(stage=stage, pretraining=arm, sigma=None)))
+        for s in (None, sigmas[0]):
+            read = "STM read" if s is None else f"KM σ={s:g}"
+            out.append(Comparison("HaS − no HaS", stage, read,
+                                  dict(stage=stage, pretraining="HaS", sigma=s),
+                                  dict(stage=stage, pretraining="no HaS", sigma=s)))
+    return out
+
+
+def effects(per_seq: pd.DataFrame, comparisons: Sequence[Comparison]) -> pd.DataFrame:
+    """One :func:`kmnlib.study.effects.paired_effect` row per comparison whose rows exist (pooled
+    over every seed present in both arms), with the metric named."""
+    rows = []
+    for c in comparisons:
+        a, b = select_rows(per_seq, **c.a), select_rows(per_seq, **c.b)
+        if a.empty or b.empty:
+            continue
+        # Pairs where both arms have the metric (leakage is undefined without a visible twin),
+        # from seeds that hold both arms.
+        keys = (set(zip(a["seed"], a["sequence"], a[c.metric].notna()))
+                & set(zip(b["seed"], b["sequence"], b[c.metric].notna())))
+        keep = {(s, q) for s, q, ok in keys if ok}
+        a = a[[k in keep for k in zip(a["seed"], a["sequence"])]]
+        b = b[[k in keep for k in zip(b["seed"], b["sequence"])]]
+        if a.empty:
+            continue
+        rows.append({**paired_effect(a, b, comparison=c.comparison, stage=c.stage, read=c.read,
+                                     metric=c.metric), "metric": c.metric})
+    return effects_table(rows)

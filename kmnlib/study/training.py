@@ -5,6 +5,7 @@ archived to ``out_dir/training/`` (checkpoints are not committed).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from kmnlib.training import train_stage
 from kmnlib.training.batches import clip_fill
 
 ARMS: dict[str, bool] = {"HaS": True, "no HaS": False}  # arm label → Hide-and-Seek pre-training
+PROGRESS_EVERY_S = 60.0  # a training progress line on stderr this often (StudySettings.progress)
 
 
 def _trained(study: Study, stage: str, hide: bool, force: bool) -> Path:
@@ -26,8 +28,8 @@ def _trained(study: Study, stage: str, hide: bool, force: bool) -> Path:
     (reused, never retrained here: ``force`` applies to ``stage`` only)."""
     init = _trained(study, "pretrain", hide, force=False) if stage == "main" else None
     return train_stage(study.profile, stage, study.checkpoints, data_root=study.data_root,
-                       hide=hide, init=init, device=study.device, force=force,
-                       progress=study.settings.progress)
+                       hide=hide, init=init, device=study.device, force=force, progress=False,
+                       report_every=PROGRESS_EVERY_S if study.settings.progress else None)
 
 
 def pretrained(study: Study, hide: bool) -> Path:
@@ -84,3 +86,31 @@ def sample_static_clips(study: Study, n: int) -> list[dict[str, Any]]:
     for c in clips:  # "<set folder>/<image>" reads better than the absolute path
         c["name"] = "/".join(Path(c["name"]).parts[-2:])
     return clips
+
+
+STAGE_LABELS = {"pretrain": "static only", "main": "static + video"}
+
+
+@dataclass(frozen=True)
+class Model:
+    """A trained model of the study: its stage, its pre-training arm, its checkpoint, and the tag
+    its evaluation folders are named by (``pretrain_has``, ``pretrain_nohas``, ``has``, ``nohas``)."""
+
+    stage: str
+    arm: str
+    checkpoint: Path
+
+    @property
+    def tag(self) -> str:
+        base = "has" if ARMS[self.arm] else "nohas"
+        return f"pretrain_{base}" if self.stage == "pretrain" else base
+
+    @property
+    def label(self) -> str:
+        return f"{STAGE_LABELS[self.stage]}, {self.arm}"
+
+
+def trained_models(study: Study, stages: tuple[str, ...] = ("pretrain", "main")) -> list[Model]:
+    """Every (stage, arm) model of the study, trained if missing (in study order)."""
+    return [Model(stage, arm, _trained(study, stage, hide, force=False))
+            for stage in stages for arm, hide in ARMS.items()]

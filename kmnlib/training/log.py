@@ -12,7 +12,8 @@ import pandas as pd
 
 from kmnlib.files import atomic_write
 
-CSV_FIELDS = ("step", "loss", "loss_f1", "loss_f2", "lr", "hide_p", "max_gap", "clips_per_s", "wall_s")
+CSV_FIELDS = ("step", "loss", "loss_f1", "loss_f2", "lr", "hide_p", "max_gap", "logit_std",
+              "logit_gap", "clips_per_s", "wall_s")
 
 
 def truncate_log(path: Path, keep_until: int) -> None:
@@ -30,12 +31,15 @@ def truncate_log(path: Path, keep_until: int) -> None:
 
 
 def log_row(step: int, losses: dict[str, float], lr: float, batch: dict[str, Any], clips_per_s: float,
-             wall_s: float) -> dict[str, Any]:
-    """One CSV row; ``hide_p`` is empty for video stages and ``max_gap`` for static ones."""
+            wall_s: float, logit_std: float, logit_gap: float) -> dict[str, Any]:
+    """One CSV row; ``hide_p`` is empty for video stages and ``max_gap`` for static ones.
+    ``logit_std`` / ``logit_gap``: the scale of this step's memory-read logits c/√d (their standard
+    deviation, and the median best − second-best gap per query; :class:`kmnlib.memory.LogitStats`)."""
     return {"step": step, "loss": f"{losses['loss']:.6g}", "loss_f1": f"{losses['loss_f1']:.6g}",
             "loss_f2": f"{losses['loss_f2']:.6g}", "lr": lr,
             "hide_p": "" if batch["hide_p"] is None else f"{batch['hide_p']:.4g}",
             "max_gap": "" if batch["max_gap"] is None else batch["max_gap"],
+            "logit_std": f"{logit_std:.4g}", "logit_gap": f"{logit_gap:.4g}",
             "clips_per_s": f"{clips_per_s:.3f}", "wall_s": f"{wall_s:.2f}"}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns inside Jupyter without ipywidgets
 
 from kmnlib.checkpoints import load_checkpoint, save_checkpoint
 from kmnlib.config import STAGES, Profile
+from kmnlib.memory import record_logit_stats
 from kmnlib.model import build_model
 from kmnlib.training.batches import StepBatches, build_clip_dataset
 from kmnlib.training.log import TrainingLog, log_row
@@ -95,14 +97,17 @@ class Trainer:
     checkpoint of the same run is returned as is unless ``force``; otherwise ``<name>.last.pt`` is
     resumed when ``resume``. Under ``torchrun`` (WORLD_SIZE > 1) it trains with
     DistributedDataParallel and only rank 0 writes files. ``callback(step, model, losses)`` runs on
-    every rank after each iteration.
+    every rank after each iteration. ``progress`` shows a tqdm bar; ``report_every`` (seconds)
+    instead writes a plain progress line (iteration, loss, s/iteration, ETA) to stderr that often —
+    readable in a terminal and in a log, also from a worker process.
     """
 
     def __init__(self, profile: Profile, stage: str, out_dir: str | os.PathLike, *,
                  data_root: str | os.PathLike, hide: bool = True,
                  init: str | os.PathLike | None = None, device: str | torch.device | None = None,
                  resume: bool = True, force: bool = False, progress: bool = True,
-                 name: str | None = None, callback: Callback | None = None) -> None:
+                 name: str | None = None, callback: Callback | None = None,
+                 report_every: float | None = None) -> None:
         self.profile, self.stage, self.cfg = profile, stage, profile.stage(stage)
         if self.cfg.iterations < 1:
             raise ValueError(f"{stage}.iterations must be >= 1, got {self.cfg.iterations}")
@@ -110,7 +115,12 @@ class Trainer:
         if self.init is not None and not self.init.is_file():
             raise FileNotFoundError(f"{self.init}: init checkpoint not found")
         self.data_root, self.hide = Path(data_root), hide
+        if not self.data_root.is_dir():
+            raise FileNotFoundError(f"{self.data_root}: data root not found (run `make data`, or "
+                                    f"pass --data-root / set KMN_DATA to the folder holding the "
+                                    f"datasets)")
         self.resume, self.force, self.progress, self.callback = resume, force, progress, callback
+        self.report_every = report_every
         self.name = name or checkpoint_name(stage, hide=hide, init=self.init)
         self.out_dir = Path(out_dir)
         self.final_path = self.out_dir / f"{self.name}.pt"
@@ -122,7 +132,12 @@ class Trainer:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device {device!r}: not a torch device (use 'cpu' or 'cuda[:N]')") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
         self.amp = bool(profile.amp and self.device.type == "cuda")
 
     @property
@@ -218,7 +233,11 @@ class Trainer:
     def _loop(self, clips: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, start: int, elapsed: float) -> None:
         cfg, total = self.cfg, self.cfg.iterations
-        log = TrainingLog(self.log_path) if self.is_main else None
+        # Retraining a finished run (force) logs beside the old log and replaces it only once the
+        # new final checkpoint exists: a failed or killed retraining loses nothing.
+        replacing = self.force and self.final_path.exists()
+        log_path = self.log_path.with_suffix(".retraining.csv") if replacing else self.log_path
+        log = TrainingLog(log_path) if self.is_main else None
         if log is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             log.open(resume_step=start)  # drops rows logged after the checkpoint we resume
@@ -233,12 +252,14 @@ class Trainer:
                                              pin_memory=self.device.type == "cuda")
         bar = tqdm(total=total, initial=start, disable=not (self.progress and self.is_main),
                    desc=f"{self.profile.name}/{self.name}", dynamic_ncols=True)
+        t_report = time.perf_counter()
         try:
             t_prev = time.perf_counter()
             for batch in loader:
                 step = int(batch["step"])
-                losses = train_step(step_module, optimizer, scaler, batch, step=step + 1,
-                                    device=self.device, amp=self.amp)
+                with record_logit_stats() as read_stats:
+                    losses = train_step(step_module, optimizer, scaler, batch, step=step + 1,
+                                        device=self.device, amp=self.amp)
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
                 elapsed += dt
@@ -246,7 +267,7 @@ class Trainer:
                 done = step + 1
                 if log is not None:
                     log.write(log_row(done, losses, optimizer.param_groups[0]["lr"], batch,
-                                      clips_per_s, elapsed))
+                                      clips_per_s, elapsed, read_stats.std, read_stats.median_gap))
                     if done % cfg.checkpoint_every == 0 and done < total:
                         save_checkpoint(self.last_path, self._state(model, optimizer, scaler, done,
                                                                     elapsed, finished=False))
@@ -255,6 +276,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", clips_s=f"{clips_per_s:.2f}")
                 if self.callback is not None:
                     self.callback(done, model, losses)
+                if (self.report_every is not None and self.is_main
+                        and (now - t_report >= self.report_every or done == total)):
+                    t_report = now
+                    rate = elapsed / max(done, 1)
+                    eta = rate * (total - done)
+                    print(f"[train {self.profile.name}/{self.name}] {done}/{total} it, "
+                          f"loss {losses['loss']:.3f}, {rate:.2f} s/it, "
+                          f"ETA {int(eta // 60)}:{int(eta % 60):02d}", file=sys.stderr, flush=True)
         except TrainingDiverged as exc:
             kept = (f"last good checkpoint: {self.last_path}" if self.last_path.exists()
                     else "no checkpoint was written yet")
@@ -266,6 +295,8 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.final_path, self._state(model, optimizer, scaler, total, elapsed,
                                                          finished=True))
+            if replacing:
+                os.replace(log_path, self.log_path)
             self.last_path.unlink(missing_ok=True)  # the final checkpoint supersedes it
         if self.world > 1:
             torch.distributed.barrier()  # other ranks return only once the final checkpoint exists

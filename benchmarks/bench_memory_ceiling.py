@@ -1,0 +1,95 @@
+"""Whole-video memory ceiling: peak RSS of inference + evaluation of one long 480p video.
+
+A 180-frame video is built by looping a shared DAVIS-2016 val sequence back and forth (frames and
+ground truth linked into a temporary DAVIS layout), then segmented with the kernel read (σ = 7) by
+``kmnlib.predict.run_dataset`` (results written at 480p) and scored by
+``kmnlib.evaluate.evaluate_davis`` — in a fresh process per case, whose peak resident set size
+(``ru_maxrss``) is the figure. Cases: ResNet-50 (STM widths) and EfficientNet-Lite0 (mini widths),
+at 45, 90 and 180 frames, so that growth with the number of memory frames (every 5th frame stays
+in memory: 10, 19, 37 of them) shows. Goal: ≤ 2 GiB at 180 frames, growing at most linearly.
+
+    python benchmarks/bench_memory_ceiling.py                   # both backbones, 45/90/180 frames
+    python benchmarks/bench_memory_ceiling.py --frames 180 --configs lite0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = ("resnet50", "lite0")
+
+
+def build_looped(davis16: Path, sequence: str, n_frames: int, root: Path) -> None:
+    """``root`` as a DAVIS-2016 layout holding one video: ``sequence`` looped back and forth."""
+    src_j = sorted((davis16 / "JPEGImages" / "480p" / sequence).glob("*.jpg"))
+    src_a = sorted((davis16 / "Annotations" / "480p" / sequence).glob("*.png"))
+    order = list(range(len(src_j))) + list(range(len(src_j) - 2, 0, -1))
+    for kind, src, ext in (("JPEGImages", src_j, "jpg"), ("Annotations", src_a, "png")):
+        folder = root / kind / "480p" / "looped"
+        folder.mkdir(parents=True)
+        for t in range(n_frames):
+            (folder / f"{t:05d}.{ext}").symlink_to(src[order[t % len(order)]])
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "val.txt").write_text("looped\n")
+
+
+def child(config: str, n_frames: int, sequence: str) -> dict:
+    """Runs in a fresh process: inference + evaluation of the looped video; returns the figures."""
+    import torch
+    from dataclasses import replace
+
+    from kmnlib.config import MINI, PAPER, resolve_data_root
+    from kmnlib.data import DAVISDataset
+    from kmnlib.evaluate import evaluate_davis
+    from kmnlib.model import build_model
+    from kmnlib.model.fold import fold_batchnorm
+    from kmnlib.predict import run_dataset
+
+    torch.set_num_threads(2)
+    cfg = replace((PAPER if config == "resnet50" else MINI).model, pretrained=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "DAVIS-2016"
+        build_looped(resolve_data_root() / "DAVIS-2016", sequence, n_frames, root)
+        ds = DAVISDataset(root, "2016", "val", "480p")
+        torch.manual_seed(0)
+        model = fold_batchnorm(build_model(cfg))
+        start = time.perf_counter()
+        run_dataset(model, ds, Path(tmp) / "masks", sigma=7.0, mem_every=5, infer_height=None,
+                    resolution_out="gt")
+        infer_s = time.perf_counter() - start
+        evaluate_davis(root, Path(tmp) / "masks", "2016", "val")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return {"config": config, "frames": n_frames, "memory_frames": len(range(0, n_frames - 1, 5)) + 1,
+            "peak_rss_gib": peak / 2**30, "s_per_frame": infer_s / n_frames}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    ap.add_argument("--frames", nargs="+", type=int, default=[45, 90, 180])
+    ap.add_argument("--sequence", default="blackswan")
+    ap.add_argument("--child", nargs=2, metavar=("CONFIG", "FRAMES"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.sequence)))
+        return
+    print(f"{'config':<9} {'frames':>6} {'memory frames':>13} {'peak RSS GiB':>12} {'s/frame':>8}")
+    for config in args.configs:
+        for n in args.frames:
+            out = subprocess.run([sys.executable, __file__, "--child", config, str(n),
+                                  "--sequence", args.sequence], capture_output=True, text=True,
+                                 env=dict(os.environ), check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{r['config']:<9} {r['frames']:>6} {r['memory_frames']:>13} "
+                  f"{r['peak_rss_gib']:>12.2f} {r['s_per_frame']:>8.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Stress sets derived from DAVIS-2016 val, for the kernel's failure case (paper Sec. 1, Fig. 1):
+a query pixel on a similar-looking *other* object reading the target's memory.
+
+* **twin** (``DAVIS-2016-twin``): every frame gets a horizontally mirrored copy of its annotated
+  object at the mirrored position — pixel (x, y) takes the frame's pixel at (W−1−x, y) wherever the
+  ground truth at (W−1−x, y) is object and the ground truth at (x, y) is not. The original stays on
+  top, so the ground truth (and the given first-frame mask) is the original's. ``Twins/`` holds the
+  twin's visible pixels per frame (for leakage).
+* **pairs** (``DAVIS-2016-pairs``): two-object videos — the object of one val sequence (cut with
+  its masks) pasted over another val video, frame by frame, at its own position. Ground truth in
+  the DAVIS-2017 palette format: 1 = host object, 2 = pasted object; the pasted object is on top
+  (occlusion by paste order). Pairing (:func:`pairing`): sequences in split-file order, host ``i``
+  takes guest ``i + n/2`` (the first half hosts the second); a pair whose host object would be
+  fully covered (or whose guest is absent) in frame 0 takes the next guest in order instead.
+  Videos are as long as the shorter of the two.
+
+Both are written in the DAVIS layout (JPEG quality 95, ``ImageSets``), so the DAVIS reader and
+evaluation read them unchanged. They are built once into a cache folder (git-ignored), in a
+temporary folder renamed into place only when complete, and never committed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kmnlib.data.davis import DAVISDataset, read_split
+from kmnlib.data.masks import VOID, read_label_map, write_label_map
+
+TWIN = "DAVIS-2016-twin"
+PAIRS = "DAVIS-2016-pairs"
+JPEG_QUALITY = 95
+_VERSION = 1  # bump when a builder changes what it writes
+
+
+def twin_frame(frame: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frame with the mirrored twin pasted, bool map of the twin's visible pixels).
+
+    ``frame`` uint8 (H,W,3), ``gt`` (H,W) with the object as non-zero (void 255 counts as not
+    object). The twin takes the mirrored frame where the mirrored ground truth is object and the
+    ground truth is not: the original object stays on top and the ground truth is unchanged.
+    """
+    obj = (gt != 0) & (gt != VOID)
+    twin = obj[:, ::-1] & ~obj
+    out = frame.copy()
+    out[twin] = frame[:, ::-1][twin]
+    return out, twin
+
+
+def pair_frame(host: np.ndarray, host_gt: np.ndarray, guest: np.ndarray, guest_gt: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(host frame with the guest's object pasted on top, labels: 1 host object, 2 guest object)."""
+    h_obj = (host_gt != 0) & (host_gt != VOID)
+    g_obj = (guest_gt != 0) & (guest_gt != VOID)
+    out = host.copy()
+    out[g_obj] = guest[g_obj]
+    labels = np.zeros(host_gt.shape, np.uint8)
+    labels[h_obj] = 1
+    labels[g_obj] = 2  # pasted last, so on top
+    return out, labels
+
+
+def pairing(names: list[str], first_masks: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """The fixed (host, guest) pairs: host ``i`` of the first half with guest ``i + n//2``, or the
+    next guest in order whose frame-0 paste leaves both objects visible (each guest used once)."""
+    half = len(names) // 2
+    hosts, guests = names[:half], names[half:]
+    unused = list(guests)
+    out = []
+    for i, host in enumerate(hosts):
+        order = guests[i:] + guests[:i]
+        for guest in order:
+            if guest not in unused:
+                continue
+            _, labels = pair_frame(np.zeros((*first_masks[host].shape, 3), np.uint8),
+                                   first_masks[host], np.zeros((*first_masks[guest].shape, 3),
+                                                               np.uint8), first_masks[guest])
+            if (labels == 1).any() and (labels == 2).any():
+                out.append((host, guest))
+                unused.remove(guest)
+                break
+        else:
+            raise ValueError(f"pairing: no guest leaves host {host!r} and its guest visible")
+    return out
+
+
+def _save_jpeg(path: Path, frame: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(path, quality=JPEG_QUALITY)
+
+
+def _build(target: Path, write: "callable[[Path], dict]") -> Path:
+    """Run ``write(tmp)`` into a temp folder beside ``target`` and rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        info = write(tmp)
+        (tmp / "build.json").write_text(json.dumps(info, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _is_built(target: Path, source: Path) -> bool:
+    marker = target / "build.json"
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    return info.get("version") == _VERSION and info.get("source") == str(source.resolve())
+
+
+def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path:
+    """``<cache>/DAVIS-2016-twin`` from DAVIS-2016 val at 480p (built once; see the module doc)."""
+    davis16, target = Path(davis16), Path(cache) / TWIN
+    if _is_built(target, davis16):
+        return target
+    ds = DAVISDataset(davis16, year="2016", split="val", resolution="480p")
+
+    def write(tmp: Path) -> dict:
+        for name in ds.names:
+            seq = ds[name]
+            frames, masks = seq.load_frames(), seq.load_masks()
+            for path, mpath, frame, gt in zip(seq.frame_paths, seq.mask_paths, frames, masks):
+                out, twin = twin_frame(frame, gt)
+                _save_jpeg(tmp / "JPEGImages" / "480p" / name / f"{Path(path).stem}.jpg", out)
+                ann = tmp / "Annotations" / "480p" / name / Path(mpath).name
+                ann.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(mpath, ann)
+                write_label_map(tmp / "Twins" / "480p" / name / f"{Path(path).stem}.png",
+                                twin.astype(np.uint8))
+        (tmp / "ImageSets" / "2016").mkdir(parents=True)
+        (tmp / "ImageSets" / "2016" / "val.txt").write_text("\n".join(ds.names) + "\n")
+        return {"version": _VERSION, "source": str(davis16.resolve()), "set": TWIN,
+                "sequences": ds.names}
+
+    return _build(target, write)
+
+
+def build_pair_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path:
+    """``<cache>/DAVIS-2016-pairs`` from DAVIS-2016 val at 480p (built once; see the module doc)."""
+    davis16, target = Path(davis16), Path(cache) / PAIRS
+    if _is_built(target, davis16):
+        return target
+    ds = DAVISDataset(davis16, year="2016", split="val", resolution="480p")
+    names = read_split(davis16, "2016", "val")
+    pairs = pairing(names, {n: ds[n].load_mask(0) for n in names})
+
+    def write(tmp: Path) -> dict:
+        videos = []
+        for host, guest in pairs:
+            hs, gs = ds[host], ds[guest]
+            if hs.size != gs.size:
+                raise ValueError(f"pairs: {host} is {hs.size}, {guest} is {gs.size}; sizes differ")
+            n = min(len(hs), len(gs))
+            name = f"{host}+{guest}"
+            for t in range(n):
+                frame, labels = pair_frame(hs.load_frames([t])[0], hs.load_mask(t),
+                                           gs.load_frames([t])[0], gs.load_mask(t))
+                stem = f"{t:05d}"
+                _save_jpeg(tmp / "JPEGImages" / "480p" / name / f"{stem}.jpg", frame)
+                write_label_map(tmp / "Annotations" / "480p" / name / f"{stem}.png", labels)
+            videos.append(name)
+        (tmp / "ImageSets" / "2017").mkdir(parents=True)
+        (tmp / "ImageSets" / "2017" / "val.txt").write_text("\n".join(videos) + "\n")
+        return {"version": _VERSION, "source": str(davis16.resolve()), "set": PAIRS,
+                "pairs": [list(p) for p in pairs]}
+
+    return _build(target, write)
+
+
+def twin_masks(twin_root: str | os.PathLike, sequence: str) -> np.ndarray:
+    """Bool (T,H,W): the twin's visible pixels in every frame of a twin-set sequence."""
+    folder = Path(twin_root) / "Twins" / "480p" / sequence
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no twin masks (rebuild the twin set)")
+    return np.stack([read_label_map(p) > 0 for p in paths])

@@ -1,0 +1,85 @@
+"""Every optimisation that changes the computation gives the same outputs on real frames:
+BatchNorm folded vs not, channels-last vs contiguous weights (probabilities within 1e-4);
+bf16 autocast is opt-in and only close (its accuracy on DAVIS is in benchmarks/README.md)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kmnlib.config import MINI, PAPER
+from kmnlib.data import DAVISDataset, frames_to_tensor
+from kmnlib.inference import segment_video
+from kmnlib.model import build_model
+from kmnlib.model.fold import fold_batchnorm
+from kmnlib.model.ops import resize_frames, resize_labels
+
+CONFIGS = {"lite0": MINI.model, "resnet50": replace(PAPER.model, pretrained=False)}
+
+
+@pytest.fixture(scope="module")
+def clip(davis_root):
+    seq = DAVISDataset(davis_root, "2016", "val", "480p")["blackswan"]
+    frames = resize_frames(frames_to_tensor(seq.load_frames(range(6))), 160)
+    mask = resize_labels(torch.from_numpy(seq.load_mask(0)).long(), tuple(frames.shape[-2:]))
+    return frames, mask
+
+
+def _model(name: str, memory_format: str = "channels_last") -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(replace(CONFIGS[name], memory_format=memory_format)).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has work to do
+        g = torch.Generator().manual_seed(1)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.mul_(torch.empty(m.running_var.shape).uniform_(0.5, 2.0, generator=g))
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_folded_batchnorm_gives_the_same_probabilities(clip, name) -> None:
+    frames, mask = clip
+    model = _model(name)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original untouched
+    for sigma in (None, 3.5):
+        a, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=5)
+        b, _ = segment_video(folded, frames, mask, sigma=sigma, mem_every=5)
+        assert (a - b).abs().max() <= 1e-4
+        assert (a[1:] - a[1:].mean()).abs().max() > 1e-3  # the outputs are not trivial
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_channels_last_gives_the_same_probabilities(clip, name) -> None:
+    frames, mask = clip
+    cl = _model(name, "channels_last")
+    plain = _model(name, "contiguous")
+    plain.load_state_dict(cl.state_dict())
+    assert cl.query_encoder.trunk.stem_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.query_encoder.trunk.stem_conv.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    a, _ = segment_video(cl, frames, mask, sigma=3.5, mem_every=5)
+    b, _ = segment_video(plain, frames, mask, sigma=3.5, mem_every=5)
+    assert (a - b).abs().max() <= 1e-4
+
+
+def test_bf16_autocast_is_close_but_not_equal(clip) -> None:
+    frames, mask = clip
+    model = fold_batchnorm(_model("lite0"))
+    a, la = segment_video(model, frames, mask, sigma=3.5, mem_every=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b, lb = segment_video(model, frames, mask, sigma=3.5, mem_every=5)
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert (a - b).abs().max() > 1e-4          # it is a different computation …
+    assert (la == lb).float().mean() > 0.97    # … whose labels mostly agree
