@@ -72,4 +72,6 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray) -> None:
         raise ValueError(f"{path}: label ids must lie in 0..255")
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     im.putpalette(davis_palette())
-    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    # zlib level 1: a palette mask still compresses to a few kB, written several times faster than
+    # at the default level 6 (evaluations write every frame of every video).
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG", compress_level=1))

@@ -7,11 +7,12 @@ request with the same key reuses the folder; a folder without a matching ``run.j
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,25 +156,46 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
              run_dir / "timing.csv"]
     cached = not force and is_cached(marker, key, files)
     if not cached:
-        marker.unlink(missing_ok=True)  # a half-finished folder must not look finished
-        inf = study.profile.inference
-        oracle = (lambda seq: derived.twin_masks(ds.root, seq.name)) if job.oracle else None
-        timings = run_dataset(inference_model(job.checkpoint, inf, study.device), ds,
-                              run_dir / "masks", sigma=job.sigma, mem_every=inf.mem_every,
-                              infer_height=inf.infer_height, resolution_out="gt",
-                              sequences=sequences, device=study.device,
-                              precision=inf.precision, oracle=oracle,
-                              report=_reporter(study, job.run))
-        evaluate_davis(ds.root, run_dir / "masks", year=ds.year, split=ds.split, out_dir=run_dir,
-                       sequences=sequences, resolution=ds.resolution)
-        save_csv(pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())}),
-                 files[2])
-        save_text(json.dumps(key, indent=1), marker)
+        # Computed in a new folder that replaces the old one only once complete.
+        with _new_folder(run_dir) as tmp:
+            inf = study.profile.inference
+            oracle = (lambda seq: derived.twin_masks(ds.root, seq.name)) if job.oracle else None
+            timings = run_dataset(inference_model(job.checkpoint, inf, study.device), ds,
+                                  tmp / "masks", sigma=job.sigma, mem_every=inf.mem_every,
+                                  infer_height=inf.infer_height, resolution_out="gt",
+                                  sequences=sequences, device=study.device,
+                                  precision=inf.precision, oracle=oracle,
+                                  report=_reporter(study, job.run))
+            evaluate_davis(ds.root, tmp / "masks", year=ds.year, split=ds.split, out_dir=tmp,
+                           sequences=sequences, resolution=ds.resolution)
+            save_csv(pd.DataFrame({"sequence": list(timings),
+                                   "s_per_frame": list(timings.values())}), tmp / files[2].name)
+            save_text(json.dumps(key, indent=1), tmp / marker.name)
     # Tables are read back from the CSVs, so fresh and cached results have the same precision.
     timing = pd.read_csv(files[2])
     return {"run": job.run, "run_dir": run_dir, "global": pd.read_csv(files[0]),
             "per_sequence": pd.read_csv(files[1]),
             "s_per_frame": float(timing["s_per_frame"].mean()), "cached": cached, **about}
+
+
+@contextlib.contextmanager
+def _new_folder(target: Path) -> Iterator[Path]:
+    """A fresh folder beside ``target`` to compute into; on success it replaces ``target`` (the old
+    one is renamed away first and deleted last), on failure it is removed and ``target`` stays."""
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _reporter(study: Study, run: str) -> Callable[[str], None] | None:
@@ -244,25 +266,27 @@ def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma
     marker, timing_csv, archive = run_dir / "run.json", run_dir / "timing.csv", run_dir / "submission.zip"
     cached = not force and is_cached(marker, key, [timing_csv, archive])
     if not cached:
-        marker.unlink(missing_ok=True)
-        ds = YouTubeVOSDataset(study.data_root / "YouTube-VOS", split=split)
-        # A study restricted to some sequences (smoke runs name DAVIS videos) predicts those it has.
-        names = None if study.sequences is None else [n for n in study.sequences if n in ds.names]
-        inf = study.profile.inference
-        timings = run_dataset(inference_model(checkpoint, inf, study.device), ds,
-                              run_dir / "Annotations", sigma=sigma, mem_every=inf.mem_every,
-                              infer_height=inf.infer_height, resolution_out="gt", sequences=names,
-                              device=study.device, precision=inf.precision)
-        save_csv(pd.DataFrame({"sequence": list(timings), "s_per_frame": list(timings.values())}),
-                 timing_csv)
+        with _new_folder(run_dir) as new:
+            ds = YouTubeVOSDataset(study.data_root / "YouTube-VOS", split=split)
+            # A study restricted to some sequences (smoke runs name DAVIS videos) predicts those
+            # it has.
+            names = None if study.sequences is None else [n for n in study.sequences
+                                                          if n in ds.names]
+            inf = study.profile.inference
+            timings = run_dataset(inference_model(checkpoint, inf, study.device), ds,
+                                  new / "Annotations", sigma=sigma, mem_every=inf.mem_every,
+                                  infer_height=inf.infer_height, resolution_out="gt",
+                                  sequences=names, device=study.device, precision=inf.precision)
+            save_csv(pd.DataFrame({"sequence": list(timings),
+                                   "s_per_frame": list(timings.values())}), new / timing_csv.name)
 
-        def _zip(tmp: Path) -> None:
-            # make_archive appends ".zip" to the base name it is given
-            made = shutil.make_archive(str(tmp), "zip", root_dir=run_dir, base_dir="Annotations")
-            os.replace(made, tmp)
+            def _zip(tmp: Path) -> None:
+                # make_archive appends ".zip" to the base name it is given
+                made = shutil.make_archive(str(tmp), "zip", root_dir=new, base_dir="Annotations")
+                os.replace(made, tmp)
 
-        atomic_write(archive, _zip)
-        save_text(json.dumps(key, indent=1), marker)
+            atomic_write(new / archive.name, _zip)
+            save_text(json.dumps(key, indent=1), new / marker.name)
     timing = pd.read_csv(timing_csv)
     return {"run": run, "run_dir": run_dir, "submission": archive, "videos": len(timing),
             "s_per_frame": float(timing["s_per_frame"].mean()), "cached": cached}

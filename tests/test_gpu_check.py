@@ -1,0 +1,175 @@
+"""benchmarks/gpu_check.py: its CPU smoke run (what CI can run without a GPU) and its verdicts."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmnlib.config import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
+SECTIONS = ("device", "train", "inference", "ddp")
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_check", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+check = _load_module()
+
+
+def _run(out: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    # One torch thread: the CPU is shared (tests/test_train.py measured 10x slower runs with two).
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--threads", "1", "--out", str(out), *extra]
+    return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _numbers(obj):
+    """Every number in a JSON document (bools excluded)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_root: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
+    res = _run(out)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return res, json.loads(out.read_text())
+
+
+def test_cpu_smoke_runs_every_section_and_writes_finite_numbers(smoke) -> None:
+    res, doc = smoke
+    assert "running the same checks on the CPU" in res.stdout     # it says it is not a GPU run
+    assert doc["mode"] == "cpu-smoke" and doc["exit_code"] == 0 and doc["aborted"] is None
+    assert list(doc["sections"]) == list(SECTIONS)
+    for name in SECTIONS:
+        sec = doc["sections"][name]
+        assert sec["status"] == "PASS", (name, sec)
+        rows = [r for r in doc["rows"] if r["section"] == name]
+        assert rows and all(r["status"] in ("PASS", "SKIP") for r in rows), rows
+    assert check.nonfinite_paths(doc) == []
+    assert all(math.isfinite(x) for x in _numbers(doc))
+    # Only the TF32 comparison is skipped on the CPU; every other check ran.
+    skipped = [r["check"] for r in doc["rows"] if r["status"] == "SKIP"]
+    assert len(skipped) == 1 and "TF32" in skipped[0], skipped
+    # The summary table: one line per check.
+    table = res.stdout[res.stdout.index("check "):]
+    assert all(r["check"] in table for r in doc["rows"])
+
+
+def test_cpu_smoke_checks_the_device_paths(smoke) -> None:
+    _, doc = smoke
+    checks = {r["check"]: r for r in doc["rows"] if r["section"] == "device"}
+    reads = [r for c, r in checks.items() if c.startswith("memory_read")]
+    assert {("fp16" in r["check"], "bf16" in r["check"]) for r in reads} == {(True, False), (False, True)}
+    assert all(r["numbers"]["nonfinite"] == 0 for r in reads)
+    exact = [r for r in reads if "keys" not in r["check"]]
+    assert all(r["numbers"]["err_over_bound"] <= 1 for r in exact)
+    assert any(r["numbers"].get("chunks", 1) > 1 for r in reads)   # the chunked read ran
+    seg = [r for c, r in checks.items() if c.startswith("segment_video") and r["status"] == "PASS"]
+    assert len(seg) == 2 and all(r["numbers"]["max_abs_prob_diff"] <= 1e-3 for r in seg)
+    inf = [r for r in doc["rows"] if r["section"] == "inference"]
+    assert len(inf) == 8 and all(r["numbers"]["s_per_frame"] > 0 for r in inf)
+
+
+def test_cpu_smoke_training_losses_are_finite_and_the_resume_continued(smoke) -> None:
+    _, doc = smoke
+    train = doc["sections"]["train"]
+    for stage in ("pretrain", "main"):
+        losses = train[stage]["losses"]
+        assert losses and all(isinstance(x, float) and math.isfinite(x) for x in losses), stage
+    resume = train["resume"]
+    assert resume["problems"] == []
+    kill, total = resume["kill_step"], resume["total"]
+    assert resume["ckpt_step"] == kill
+    assert resume["resumed_steps"] == list(range(kill + 1, total + 1))   # not restarted from 1
+    assert resume["log_steps"] == list(range(1, total + 1))
+    assert resume["adam_step_final"] == resume["adam_step_ckpt"] + (total - kill)
+    assert resume["first_step_change"] <= resume["change_bound"] < resume["ckpt_vs_init"]
+    assert all(math.isfinite(x) for x in resume["losses"])
+    ddp = doc["sections"]["ddp"]
+    assert ddp["returncode"] == 0 and len(ddp["ranks"]) == 2
+    assert all(r["backend"] == "gloo" for r in ddp["ranks"].values())
+
+
+def test_a_resume_that_restarts_is_caught(tmp_path: Path, data_root: Path) -> None:
+    """The same run with the trainer told not to resume: the check fails and the exit status says so."""
+    out = tmp_path / "broken.json"
+    res = _run(out, "--sections", "train", "--break-resume")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert list(doc["sections"]) == ["train"]
+    resume = doc["sections"]["train"]["resume"]
+    assert resume["resumed_steps"][0] == 1 and resume["problems"]
+    row = next(r for r in doc["rows"] if r["check"].startswith("main resume"))
+    assert row["status"] == "FAIL"
+
+
+# --- the verdicts alone -------------------------------------------------------------------------
+def _resumed(**changes) -> dict:
+    info = {"kill_step": 50, "total": 60, "ckpt_step": 50, "resumed_steps": list(range(51, 61)),
+            "log_steps": list(range(1, 61)), "final_step": 60, "final_finished": True,
+            "last_left": False, "adam_step_ckpt": 47, "adam_step_final": 57,
+            "first_step_change": 1.2e-5, "change_bound": 1.7e-5, "ckpt_vs_init": 4e-4}
+    info.update(changes)
+    return info
+
+
+def test_resume_verdict_accepts_a_continued_run_and_names_each_failure() -> None:
+    assert check.resume_verdict(_resumed()) == []
+    assert check.resume_verdict(_resumed(adam_step_final=55)) == []   # AMP may skip steps
+    restarted = _resumed(resumed_steps=list(range(1, 61)), adam_step_final=57 - 47)
+    why = " ".join(check.resume_verdict(restarted))
+    assert "resumed run did iterations" in why and "optimizer state not continued" in why
+    assert "checkpoint left by the kill" in " ".join(check.resume_verdict(_resumed(ckpt_step=40)))
+    assert "weights moved" in " ".join(check.resume_verdict(_resumed(first_step_change=4e-4)))
+    assert "training log" in " ".join(check.resume_verdict(_resumed(log_steps=[1, 2, 51])))
+    assert ".last.pt" in " ".join(check.resume_verdict(_resumed(last_left=True)))
+    assert check.resume_verdict(_resumed(first_step_change=float("nan")))   # NaN never passes
+
+
+def test_adam_bound_holds_for_adversarial_gradients() -> None:
+    import torch
+
+    for t in (1, 5, 51):
+        bound = check.adam_step_bound(t, 1.0)
+        # Gradients of growing size with one sign: the largest update Adam can make at step t.
+        g = torch.tensor([0.001 * 1.11 ** i for i in range(t)], dtype=torch.float64)
+        p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([p], lr=1.0, eps=0.0)
+        before = 0.0
+        for gi in g:
+            before = float(p.detach())
+            p.grad = gi.view(1)
+            opt.step()
+        assert abs(float(p.detach()) - before) <= bound * (1 + 1e-9)
+    assert 1.0 <= check.adam_step_bound(5, 1.0) < 1.02 and 1.6 < check.adam_step_bound(51, 1.0) < 1.7
+
+
+def test_loss_trend_and_json_sanitising() -> None:
+    assert check.loss_trend([3.0, 2.0, 1.0, 1.0, 0.5])["decreasing"]
+    assert not check.loss_trend([1.0, 1.0, 2.0])["decreasing"]
+    bad = check.loss_trend([1.0, float("nan"), 0.5])
+    assert not bad["finite"] and not bad["decreasing"]
+    doc = check.to_jsonable({"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)})
+    json.dumps(doc, allow_nan=False)
+    assert check.nonfinite_paths(doc) == [".a", ".b[1]"]
