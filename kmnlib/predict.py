@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kmnlib.data.masks import VOID, write_label_map
-from kmnlib.data.video import VideoDataset, VideoSequence, frames_to_tensor, select_sequences
+from kmnlib.data.video import VideoDataset, VideoSequence, select_sequences
 from kmnlib.inference import labels_from_probs, segment_video
 from kmnlib.model.ops import resize_frames, resize_labels
 
@@ -28,12 +28,19 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Label maps (T,H',W') of (T,C,H,W) probabilities resized bilinearly to ``size`` = (H',W').
 
-    Frame by frame, so memory stays that of one upsampled frame.
+    Frame by frame, so memory stays that of one upsampled frame. With one object (C = 2) the
+    label is ``p₁ > p₀``, i.e. the sign of the resized difference (interpolation is linear), so one
+    channel is resized instead of two.
     """
     out = torch.empty(probs.shape[0], *size, dtype=torch.uint8)
     for t in range(probs.shape[0]):
-        up = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
-        out[t] = labels_from_probs(up)
+        if probs.shape[1] == 2:
+            diff = (probs[t:t + 1, 1:] - probs[t:t + 1, :1])
+            up = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[0, 0]
+            out[t] = (up > 0).to(torch.uint8)
+        else:
+            up = F.interpolate(probs[t:t + 1], size=size, mode="bilinear", align_corners=False)[0]
+            out[t] = labels_from_probs(up)
     return out
 
 
@@ -104,11 +111,10 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
     for name in names:
         seq = dataset[name]
         first_frame, given, ids = _given_masks(seq)
-        raw = torch.from_numpy(seq.load_frames(range(first_frame, len(seq)))).permute(0, 3, 1, 2)
-        if infer_height is not None and infer_height != raw.shape[-2]:
-            frames = resize_frames(raw.float().div_(255.0), infer_height)
-        else:  # stored size: stay uint8, segment_video converts frame by frame (1/4 the memory)
-            frames = raw
+        # uint8 throughout: segment_video converts one frame at a time (1/4 the memory).
+        frames = torch.from_numpy(seq.load_frames(range(first_frame, len(seq)))).permute(0, 3, 1, 2)
+        if infer_height is not None:
+            frames = resize_frames(frames, infer_height)
         if infer_height is not None:
             for f, m in given.items():
                 small = resize_labels(m, tuple(frames.shape[-2:]))

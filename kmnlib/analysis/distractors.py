@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from kmnlib.data.derived import twin_masks
 from kmnlib.data.masks import read_label_map
-from kmnlib.data.video import VideoSequence, frames_to_tensor
+from kmnlib.data.video import VideoSequence
 from kmnlib.memory import read_logits, sigma_label
 from kmnlib.metrics import leakage
 from kmnlib.model.ops import cell_coverage, pad_divide_by, resize_frames, resize_labels
@@ -67,14 +67,14 @@ def _inputs(seq: VideoSequence, twins: np.ndarray, frames: Sequence[int], infer_
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frames (T,3,h,w) in [0,1], object (T,h,w) and twin (T,h,w) bool maps at inference size."""
     idx = [0, *frames]
-    x = frames_to_tensor(seq.load_frames(idx))
+    x = torch.from_numpy(seq.load_frames(idx)).permute(0, 3, 1, 2)  # uint8, as evaluation reads
     obj = torch.from_numpy(seq.load_masks(idx) == 1)
     tw = torch.from_numpy(twins[idx])
     if infer_height:
         x = resize_frames(x, infer_height)
         obj = resize_labels(obj.to(torch.uint8), tuple(x.shape[-2:])).bool()
         tw = resize_labels(tw.to(torch.uint8), tuple(x.shape[-2:])).bool()
-    return x, obj, tw
+    return x.float().div_(255.0), obj, tw
 
 
 @torch.no_grad()

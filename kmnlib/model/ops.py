@@ -2,8 +2,10 @@
 height, and STM's soft aggregation."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from kmnlib.config import FEATURE_STRIDE
 
@@ -72,11 +74,17 @@ def height_scaled_size(size: tuple[int, int], height: int) -> tuple[int, int]:
 
 
 def resize_frames(frames: torch.Tensor, height: int) -> torch.Tensor:
-    """Float frames (T,3,H,W) in [0,1] resized to ``height`` rows (bilinear, antialiased), aspect
-    kept — the one way frames reach the inference resolution."""
+    """Frames (T,3,H,W) resized to ``height`` rows, aspect kept — the one way frames reach the
+    inference resolution. Antialiased bilinear: uint8 frames with PIL (fast; stays uint8, as
+    ``segment_video`` accepts), float frames in [0,1] with torch (``antialias=True``, PIL's filter)."""
     size = height_scaled_size(tuple(frames.shape[-2:]), height)
     if size == tuple(frames.shape[-2:]):
         return frames
+    if frames.dtype == torch.uint8:
+        arr = frames.permute(0, 2, 3, 1).numpy()
+        out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize(
+            (size[1], size[0]), Image.Resampling.BILINEAR)) for f in arr])
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
     return F.interpolate(frames, size=size, mode="bilinear", align_corners=False,
                          antialias=True).clamp_(0.0, 1.0)
 
