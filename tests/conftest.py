@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,19 @@ def youtube_valid(tmp_path, davis_root) -> tuple[Path, np.ndarray]:
         "1": {"category": "bird", "frames": names[2:]},
         "3": {"category": "box", "frames": names[6:]}}}}}))
     return root, box
+
+
+@pytest.fixture
+def small_davis(tmp_path, davis_root) -> Path:
+    """A DAVIS-2016 val layout with two real sequences cut to 4 frames."""
+    root = tmp_path / "DAVIS-2016"
+    names = ["blackswan", "car-shadow"]
+    for name in names:
+        for kind, ext in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
+            src = sorted((davis_root / kind / "480p" / name).glob(ext))[:4]
+            (root / kind / "480p" / name).mkdir(parents=True)
+            for p in src:
+                shutil.copyfile(p, root / kind / "480p" / name / p.name)
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(names) + "\n")
+    return root

@@ -1,7 +1,6 @@
 """The distractor stress sets: twins (mirrored copy of the object) and pairs (two objects)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,22 +61,6 @@ def test_pairing_is_fixed_and_skips_covered_hosts() -> None:
     pairs = pairing(list("abcdef"), m)
     assert pairs == [("a", "e"), ("b", "f"), ("c", "d")]
     assert pairs == pairing(list("abcdef"), m)  # deterministic
-
-
-@pytest.fixture
-def small_davis(tmp_path, davis_root) -> Path:
-    """A DAVIS-2016 val layout with two real sequences cut to 4 frames."""
-    root = tmp_path / "DAVIS-2016"
-    names = ["blackswan", "car-shadow"]
-    for name in names:
-        for kind, ext in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
-            src = sorted((davis_root / kind / "480p" / name).glob(ext))[:4]
-            (root / kind / "480p" / name).mkdir(parents=True)
-            for p in src:
-                shutil.copyfile(p, root / kind / "480p" / name / p.name)
-    (root / "ImageSets" / "2016").mkdir(parents=True)
-    (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(names) + "\n")
-    return root
 
 
 def test_built_sets_read_as_davis(small_davis, tmp_path) -> None:
