@@ -17,6 +17,7 @@ import torch
 def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` in a worker process with one torch thread (workers share the CPU)."""
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as the training and inference entry points (model.ops)
     return fn(*args)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kmnlib.data.masks import VOID, write_label_map
 from kmnlib.data.video import VideoDataset, VideoSequence, select_sequences
 from kmnlib.inference import labels_from_probs, segment_video
-from kmnlib.model.ops import resize_frames, resize_labels
+from kmnlib.model.ops import flush_denormals, resize_frames, resize_labels
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -106,6 +106,7 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
         raise ValueError(f"run_dataset: precision must be one of {list(PRECISIONS)}, got {precision!r}")
     out_dir = Path(out_dir)
     names = select_sequences(dataset.names, sequences, repr(dataset))
+    flush_denormals()
     model.to(device)
     timings: dict[str, float] = {}
     for name in names:

@@ -12,10 +12,12 @@ a query pixel on a similar-looking *other* object reading the target's memory.
   (occlusion by paste order). Pairing (:func:`pairing`): sequences in split-file order, host ``i``
   takes guest ``i + n/2`` (the first half hosts the second); a pair whose host object would be
   fully covered (or whose guest is absent) in frame 0 takes the next guest in order instead.
-  Videos are as long as the shorter of the two.
+  Videos are as long as the shorter of the two (at most :data:`MAX_FRAMES`).
 
-Both are written in the DAVIS layout (JPEG quality 95, ``ImageSets``), so the DAVIS reader and
-evaluation read them unchanged. They are built once into a cache folder (git-ignored), in a
+Both keep the first :data:`MAX_FRAMES` frames of each video (the first 30: the study evaluates
+these sets with two models × three reads per seed within its hour; the twin or the pasted object
+is there from frame 0, so a leak shows early). Both are written in the DAVIS layout (JPEG quality
+95, ``ImageSets``), so the DAVIS reader and evaluation read them unchanged. They are built once into a cache folder (git-ignored), in a
 temporary folder renamed into place only when complete, and never committed.
 """
 from __future__ import annotations
@@ -35,7 +37,8 @@ from kmnlib.data.masks import VOID, read_label_map, write_label_map
 TWIN = "DAVIS-2016-twin"
 PAIRS = "DAVIS-2016-pairs"
 JPEG_QUALITY = 95
-_VERSION = 1  # bump when a builder changes what it writes
+MAX_FRAMES = 30
+_VERSION = 3  # bump when a builder changes what it writes
 
 
 def twin_frame(frame: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +131,8 @@ def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
     def write(tmp: Path) -> dict:
         for name in ds.names:
             seq = ds[name]
-            frames, masks = seq.load_frames(), seq.load_masks()
+            keep = range(min(len(seq), MAX_FRAMES))
+            frames, masks = seq.load_frames(keep), seq.load_masks(keep)
             for path, mpath, frame, gt in zip(seq.frame_paths, seq.mask_paths, frames, masks):
                 out, twin = twin_frame(frame, gt)
                 _save_jpeg(tmp / "JPEGImages" / "480p" / name / f"{Path(path).stem}.jpg", out)
@@ -140,7 +144,7 @@ def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
         (tmp / "ImageSets" / "2016").mkdir(parents=True)
         (tmp / "ImageSets" / "2016" / "val.txt").write_text("\n".join(ds.names) + "\n")
         return {"version": _VERSION, "source": str(davis16.resolve()), "set": TWIN,
-                "sequences": ds.names}
+                "sequences": ds.names, "max_frames": MAX_FRAMES}
 
     return _build(target, write)
 
@@ -160,7 +164,7 @@ def build_pair_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
             hs, gs = ds[host], ds[guest]
             if hs.size != gs.size:
                 raise ValueError(f"pairs: {host} is {hs.size}, {guest} is {gs.size}; sizes differ")
-            n = min(len(hs), len(gs))
+            n = min(len(hs), len(gs), MAX_FRAMES)
             name = f"{host}+{guest}"
             for t in range(n):
                 frame, labels = pair_frame(hs.load_frames([t])[0], hs.load_mask(t),
@@ -172,7 +176,7 @@ def build_pair_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
         (tmp / "ImageSets" / "2017").mkdir(parents=True)
         (tmp / "ImageSets" / "2017" / "val.txt").write_text("\n".join(videos) + "\n")
         return {"version": _VERSION, "source": str(davis16.resolve()), "set": PAIRS,
-                "pairs": [list(p) for p in pairs]}
+                "pairs": [list(p) for p in pairs], "max_frames": MAX_FRAMES}
 
     return _build(target, write)
 

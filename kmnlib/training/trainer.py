@@ -28,6 +28,7 @@ from kmnlib.checkpoints import load_checkpoint, save_checkpoint
 from kmnlib.config import STAGES, Profile
 from kmnlib.memory import record_logit_stats
 from kmnlib.model import build_model
+from kmnlib.model.ops import flush_denormals
 from kmnlib.training.batches import StepBatches, build_clip_dataset
 from kmnlib.training.log import TrainingLog, log_row
 from kmnlib.training.step import StepModule, TrainingDiverged, train_step
@@ -150,6 +151,7 @@ class Trainer:
 
         Raises :class:`TrainingDiverged` on a NaN/inf loss, keeping the last good checkpoint.
         """
+        flush_denormals()
         with self._distributed():
             if self.final_path.exists() and not self.force:
                 return self._finished_run()
