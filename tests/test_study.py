@@ -283,3 +283,17 @@ def test_tables_notebook_shows_the_papers_numbers(smoke_run: Path) -> None:
     assert set(means.index) == {"plain", "hidden"}
     assert np.isnan(means.loc["plain", "hidden_edge_loss"])  # no hidden cells without hiding
     assert np.isfinite(means.loc["hidden", "gt_boundary_loss"])
+
+
+@pytest.mark.slow
+def test_summary_prints_the_studys_tables(smoke_run: Path, capsys) -> None:
+    from kmnlib.study import summary
+
+    assert summary.main([str(smoke_run)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("Every arm", "Effects on DAVIS-16 val", "Distractor sets", "Distractor effects",
+                    "07_read_at_distractors.csv", "07_logit_gaps.csv"):
+        assert heading in out, heading
+    t03 = pd.read_csv(smoke_run / "tables" / "03_davis16_val.csv")
+    assert f"| {t03['J&F'].iloc[0]:.1f} |" in out
+    assert summary.main([str(smoke_run / "nothing")]) == 2

@@ -1,0 +1,103 @@
+"""``python -m kmnlib.study.summary results/mini``: the study's headline numbers as Markdown.
+
+Reads the tables a finished study wrote (its own and those of the replicates beside it,
+``<out_dir>-seed<N>``) and prints the tables the README quotes: every arm per seed, the paired
+effects with their intervals, and the distractor study. Nothing is computed that the tables do not
+hold, so every number printed carries its source file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from kmnlib.cli import add_debug_flag, run_command
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: table missing (has the study run to the end?)")
+    return pd.read_csv(path)
+
+
+def _runs(out_dir: Path) -> list[Path]:
+    return [out_dir] + sorted(d for d in out_dir.parent.glob(f"{out_dir.name}-seed*") if d.is_dir())
+
+
+def _markdown(df: pd.DataFrame, digits: int = 1) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if pd.isna(v):
+                cells.append("—")
+            else:
+                cells.append(f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def arms_by_seed(out_dir: Path) -> pd.DataFrame:
+    """J&F of every (stage, arm, read) per seed, from each run's ``03_davis16_val.csv``."""
+    frames = [_read(d / "tables" / "03_davis16_val.csv") for d in _runs(out_dir)
+              if (d / "tables" / "03_davis16_val.csv").is_file()]
+    df = pd.concat(frames, ignore_index=True)
+    df["read"] = df.apply(lambda r: "STM read" if pd.isna(r["sigma"]) else f"KM σ={r['sigma']:g}",
+                          axis=1)
+    wide = df.pivot_table(index=["stage", "pretraining", "read"], columns="seed", values="J&F",
+                          sort=False).reset_index()
+    wide.columns = [f"seed {c}" if isinstance(c, (int, float)) else c for c in wide.columns]
+    return wide
+
+
+def effects(out_dir: Path, table: str) -> pd.DataFrame:
+    df = _read(out_dir / "tables" / table)
+    keep = ["comparison", "stage", "read", "metric", "seeds", "n_sequences", "mean_diff", "ci_low",
+            "ci_high", "mde80"]
+    return df[[c for c in keep if c in df.columns]]
+
+
+def distractors(out_dir: Path) -> pd.DataFrame:
+    """Twin / pair J&F and twin leakage per model and read, mean over the seeds found."""
+    frames = [_read(d / "tables" / "07_distractors.csv") for d in _runs(out_dir)
+              if (d / "tables" / "07_distractors.csv").is_file()]
+    df = pd.concat(frames, ignore_index=True)
+    df["read"] = df.apply(lambda r: ("oracle, " if r["oracle"] else "") + (
+        "STM read" if pd.isna(r["sigma"]) else f"KM σ={r['sigma']:g}"), axis=1)
+    agg = df.groupby(["set_name", "pretraining", "read"], sort=False).agg(
+        seeds=("seed", "nunique"), jf=("J&F", "mean"), leakage=("leakage", "mean")).reset_index()
+    return agg.rename(columns={"jf": "J&F (mean over seeds)", "leakage": "twin leakage %"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kmnlib.study.summary",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir", type=Path, help="a finished study's folder, e.g. results/mini")
+    add_debug_flag(ap)
+    args = ap.parse_args(argv)
+
+    def work() -> int:
+        out = args.out_dir.resolve()
+        print(f"## Every arm, DAVIS-16 val J&F (`{out.name}/tables/03_davis16_val.csv` per run)\n")
+        print(_markdown(arms_by_seed(out)))
+        print("\n## Effects on DAVIS-16 val (`tables/effects.csv`)\n")
+        print(_markdown(effects(out, "effects.csv"), 2))
+        print("\n## Distractor sets (`tables/07_distractors.csv` per run)\n")
+        print(_markdown(distractors(out)))
+        print("\n## Distractor effects (`tables/07_effects.csv`)\n")
+        print(_markdown(effects(out, "07_effects.csv"), 2))
+        for name in ("07_read_at_distractors.csv", "07_logit_gaps.csv"):
+            print(f"\n## `tables/{name}`\n")
+            print(_markdown(_read(out / "tables" / name), 3))
+        return 0
+
+    return run_command(work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
