@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kmnlib.config import resolve_data_root
 
@@ -70,17 +71,32 @@ def youtube_valid(tmp_path, davis_root) -> tuple[Path, np.ndarray]:
     return root, box
 
 
-@pytest.fixture
-def small_davis(tmp_path, davis_root) -> Path:
-    """A DAVIS-2016 val layout with two real sequences cut to 4 frames."""
-    root = tmp_path / "DAVIS-2016"
-    names = ["blackswan", "car-shadow"]
+def copy_davis(davis_root: Path, root: Path, names: list[str], n_frames: int) -> Path:
+    """A DAVIS-2016 val layout at ``root``: real ``names`` cut to their first ``n_frames`` frames
+    (a copy, which a test may break)."""
     for name in names:
         for kind, ext in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
-            src = sorted((davis_root / kind / "480p" / name).glob(ext))[:4]
+            src = sorted((davis_root / kind / "480p" / name).glob(ext))[:n_frames]
             (root / kind / "480p" / name).mkdir(parents=True)
             for p in src:
                 shutil.copyfile(p, root / kind / "480p" / name / p.name)
     (root / "ImageSets" / "2016").mkdir(parents=True)
     (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+@pytest.fixture
+def small_davis(tmp_path, davis_root) -> Path:
+    """A DAVIS-2016 val layout with two real sequences cut to 4 frames."""
+    return copy_davis(davis_root, tmp_path / "DAVIS-2016", ["blackswan", "car-shadow"], 4)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a shared 2-core machine two intra-op threads per process
+    oversubscribe the CPU and a step runs several times slower (one thread is also what each
+    worker and DDP process uses)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import copy_davis
 from kmnlib import baselines, evaluate, train
 from kmnlib.checkpoints import load_checkpoint, load_model, save_checkpoint
 from kmnlib.config import MINI, TEST
@@ -65,16 +65,7 @@ def _one_line_error(capsys, *needles: str) -> str:
 @pytest.fixture
 def davis(tmp_path, davis_root) -> Path:
     """A DAVIS-2016 val layout with two real sequences cut to 5 frames (a copy: tests may break it)."""
-    root = tmp_path / "DAVIS-2016"
-    names = ["blackswan", "car-shadow"]
-    for name in names:
-        for kind, ext in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
-            (root / kind / "480p" / name).mkdir(parents=True)
-            for p in sorted((davis_root / kind / "480p" / name).glob(ext))[:5]:
-                shutil.copyfile(p, root / kind / "480p" / name / p.name)
-    (root / "ImageSets" / "2016").mkdir(parents=True)
-    (root / "ImageSets" / "2016" / "val.txt").write_text("\n".join(names) + "\n")
-    return root
+    return copy_davis(davis_root, tmp_path / "DAVIS-2016", ["blackswan", "car-shadow"], 5)
 
 
 @pytest.fixture

@@ -39,11 +39,8 @@ def _model(name: str, memory_format: str = "channels_last") -> torch.nn.Module:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    pass
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -39,15 +39,24 @@ class Study:
     profile: Profile
     settings: StudySettings   # data_root and out_dir resolved to absolute paths
 
+    def _resolved(self, name: str) -> Path:
+        value = getattr(self.settings, name)
+        if value is None:
+            raise RuntimeError(f"Study.{name} is unresolved: make studies with resolve_study()")
+        return value
+
     @property
     def data_root(self) -> Path:
-        assert self.settings.data_root is not None
-        return self.settings.data_root
+        return self._resolved("data_root")
 
     @property
     def out_dir(self) -> Path:
-        assert self.settings.out_dir is not None
-        return self.settings.out_dir
+        return self._resolved("out_dir")
+
+    @property
+    def derived_dir(self) -> Path:
+        """Cache of the stress sets derived from the data (:mod:`kmnlib.data.derived`)."""
+        return self._resolved("derived_dir")
 
     @property
     def device(self) -> str:
@@ -60,12 +69,6 @@ class Study:
     @property
     def sequences(self) -> list[str] | None:
         return list(self.settings.sequences) if self.settings.sequences else None
-
-    @property
-    def derived_dir(self) -> Path:
-        """Cache of the stress sets derived from the data (:mod:`kmnlib.data.derived`)."""
-        assert self.settings.derived_dir is not None
-        return self.settings.derived_dir
 
     @property
     def checkpoints(self) -> Path:
