@@ -67,8 +67,10 @@ def distractors(out_dir: Path) -> pd.DataFrame:
     frames = [_read(d / "tables" / "07_distractors.csv") for d in _runs(out_dir)
               if (d / "tables" / "07_distractors.csv").is_file()]
     df = pd.concat(frames, ignore_index=True)
-    df["read"] = df.apply(lambda r: ("oracle, " if r["oracle"] else "") + (
-        "STM read" if pd.isna(r["sigma"]) else f"KM σ={r['sigma']:g}"), axis=1)
+    df["read"] = df.apply(lambda r: ("oracle, " if r["oracle"] else "")
+                          + ("extension, " if r.get("extension", False) else "")
+                          + ("STM read" if pd.isna(r["sigma"]) else f"KM σ={r['sigma']:g}"),
+                          axis=1)
     agg = df.groupby(["set_name", "pretraining", "read"], sort=False).agg(
         seeds=("seed", "nunique"), jf=("J&F", "mean"), leakage=("leakage", "mean")).reset_index()
     return agg.rename(columns={"jf": "J&F (mean over seeds)", "leakage": "twin leakage %"})
