@@ -219,7 +219,7 @@ def test_every_notebook_runs_and_writes_its_outputs(smoke_run: Path, davis_root:
     assert all(f'href="notebooks/{n}.html"' in index for n in runner.NOTEBOOKS)
     for fig in ("01_pretrain_loss", "01_synthetic_clip_0", "02_main_loss", "03_per_sequence",
                 "03_overlays_best_worst", "04_sigma_curve", "05_loss_map_0_hidden",
-                "06_fig1_read_weights"):
+                "07_stress_sets", "07_read_weights", "07_logit_gaps"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     for log in ("pretrain.csv", "pretrain_nohas.csv", "main_from_pretrain.csv"):
         assert len(pd.read_csv(out / "training" / log)) == 4, log  # one row per iteration
@@ -237,26 +237,32 @@ def test_every_notebook_runs_and_writes_its_outputs(smoke_run: Path, davis_root:
 @pytest.mark.slow
 def test_evaluation_tables_agree_with_the_evaluation_csvs(smoke_run: Path) -> None:
     out = smoke_run
-    t03 = pd.read_csv(out / "tables" / "03_davis16_val.csv").set_index("folder")
-    for folder, row in t03.iterrows():
-        g = pd.read_csv(out / folder / "global_results.csv").iloc[0]
+    t03 = pd.read_csv(out / "tables" / "03_davis16_val.csv").set_index("run")
+    for run, row in t03.iterrows():
+        g = pd.read_csv(out / run / "global_results.csv").iloc[0]
         assert row["J&F"] == pytest.approx(100 * g["J&F-Mean"])
         assert row["J"] == pytest.approx(100 * g["J-Mean"]) and 0 <= row["J"] <= 100
         assert row["s/frame"] > 0 and "ours (test)" in row["protocol"]
     ablation = pd.read_csv(out / "tables" / "04_table3_ablation.csv")
-    assert sorted(zip(ablation["HaS"], ablation["KM"])) == [(False, False), (False, True),
-                                                             (True, False), (True, True)]
+    inference = get_profile("test").inference
+    kernel_sigmas = sorted(s for s in inference.sigma_sweep if s is not None)
+    # Table 3's four cells; the KM cells once per finite σ of the sweep, each row naming its σ.
+    assert sorted(set(zip(ablation["HaS"], ablation["KM"]))) == [(False, False), (False, True),
+                                                                  (True, False), (True, True)]
+    for has in (False, True):
+        km = ablation[(ablation["HaS"] == has) & ablation["KM"]]
+        assert sorted(km["sigma"]) == kernel_sigmas
     sweep = pd.read_csv(out / "tables" / "04_sigma_sweep.csv")
-    sigmas = get_profile("test").inference.sigma_sweep
-    assert len(sweep) == len(sigmas) and (sweep["model"] == "HaS").all()
+    assert len(sweep) == len(inference.sigma_sweep) and (sweep["model"] == "static + video, HaS").all()
     # Runs made by notebook 03 were reused by 04, not recomputed: their run.json predates 04's.
-    t03_marker = (out / "has_sigma7" / "run.json").stat().st_mtime_ns
-    assert t03_marker < (out / "has_sigma3" / "run.json").stat().st_mtime_ns
+    main_run = f"has_sigma{inference.sigma:g}"
+    extra = [s for s in kernel_sigmas if s != inference.sigma][0]
+    t03_marker = (out / main_run / "run.json").stat().st_mtime_ns
+    assert t03_marker < (out / f"has_sigma{extra:g}" / "run.json").stat().st_mtime_ns
     assert t03_marker < (out / "notebooks" / "03_evaluate.ipynb").stat().st_mtime_ns
-    assert (out / "has_sigma3" / "run.json").is_file()
-    assert json.loads((out / "has_sigma3" / "run.json").read_text())["sigma"] == 3.0
-    has = sweep[sweep["model"] == "HaS"].set_index("run")["J&F"]
-    assert has["has_sigma7"] == pytest.approx(t03.loc["has_sigma7", "J&F"])
+    assert json.loads((out / f"has_sigma{extra:g}" / "run.json").read_text())["sigma"] == extra
+    has = sweep.set_index("run")["J&F"]
+    assert has[main_run] == pytest.approx(t03.loc[main_run, "J&F"])
 
 
 @pytest.mark.slow
@@ -268,13 +274,20 @@ def test_tables_notebook_shows_the_papers_numbers(smoke_run: Path) -> None:
     for col in ("method", "training_data", "dataset", "J&F", "J", "F", "s/frame"):
         assert published[col].tolist() == expect[col].tolist(), col
     ours = t1[t1["source"] == "ours"]
-    assert len(ours) == 3 and ours["protocol"].str.contains("efficientnet_lite0").all()
+    t03 = pd.read_csv(out / "tables" / "03_davis16_val.csv")
+    # Both recipes (KMN: HaS + KM read; STM: no HaS + STM read) after each training stage.
+    assert len(ours) == 4 and ours["protocol"].str.contains("efficientnet_lite0").all()
+    assert sorted(ours["stage"]) == ["static + video"] * 2 + ["static only"] * 2
+    assert sorted(ours["run"]) == sorted(t03.loc[(t03["pretraining"] == "HaS") & (t03["read"] == "KM")
+                                               | (t03["pretraining"] == "no HaS")
+                                               & (t03["read"] == "STM read"), "run"])
     assert np.allclose(ours["J&F"], (ours["J"] + ours["F"]) / 2, atol=0.06)
     t3 = pd.read_csv(out / "tables" / "06_table3.csv")
     p3 = t3[t3["source"] == paper.PAPER]
     assert p3["DAVIS16 J&F"].tolist() == [81.3, 87.1, 87.2, 87.6, 86.5]
     assert p3["YouTube-VOS overall"].tolist() == [79.0, 79.5, 81.0, 81.4, 79.4]
-    assert (t3["source"] == "ours").sum() == 4
+    finite = [s for s in get_profile("test").inference.sigma_sweep if s is not None]
+    assert (t3["source"] == "ours").sum() == 2 + 2 * len(finite)
     t2 = pd.read_csv(out / "tables" / "06_table2.csv")
     assert t2["J&F"].dropna().tolist() == [77.2, 72.2] and t2["overall"].dropna().tolist() == [81.4,
                                                                                                 79.4]
