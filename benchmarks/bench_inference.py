@@ -1,15 +1,21 @@
 """Whole-video inference: the optimised path against the reference path, and the kernel's cost.
 
 On a DAVIS-2016 val sequence (default ``blackswan``), for each configuration (ResNet-50 with STM's
-widths at 480p, EfficientNet-Lite0 with the mini widths at 480p and at 240p; random weights — timing
-does not depend on them), ``segment_video`` runs in these variants, interleaved (order rotating per
-repetition) after an untimed warm-up, each with STM's read and with the kernel (σ = 7):
+widths at 480p, EfficientNet-Lite0 with the mini widths at 480p and at 240p), ``segment_video``
+runs in these variants, interleaved (order rotating per repetition) after an untimed warm-up, each
+with STM's read and with the kernel (σ = 7):
 
 * ``reference`` — the network as built before the speed work: contiguous weights, BatchNorm
-  separate, float32;
-* ``fast``      — channels-last weights and BatchNorm folded into the convolutions, float32 (the
-  study's default; probabilities equal the reference's to ≤ 1e-4, printed as ``max|Δp|``);
-* ``fast+bf16`` — the same under bfloat16 autocast (opt-in: ``InferenceConfig.precision``).
+  separate, float32, subnormal floats computed as such;
+* ``fast``      — channels-last weights, BatchNorm folded into the convolutions, subnormals flushed
+  to zero (``kmnlib.model.ops.flush_denormals``), float32 (probabilities equal the reference's to
+  ≤ 1e-4, printed as ``max|Δp|``);
+* ``fast+bf16`` — the same under bfloat16 autocast (``InferenceConfig.precision``; the mini study's
+  setting).
+
+Weights: random (BatchNorm statistics drawn as trained ones look), or, for the Lite0 configs, a
+trained mini checkpoint with ``--checkpoint`` — trained weights hold subnormal values that random
+ones do not, so the flush only shows with them.
 
 Printed: s/frame (median over repetitions) of every variant and read, ``speed-up`` = reference /
 variant (STM read), the KM/STM ratio of each variant, and a paired KM/STM estimate of the fast
@@ -18,7 +24,8 @@ variant (one run doing both reads per frame, so each frame's two reads see the s
 
     python benchmarks/bench_inference.py --quick                    # 4 frames, 1 repetition
     python benchmarks/bench_inference.py --threads 2                # whole sequence, 3 reps
-    python benchmarks/bench_inference.py --configs lite0-240p --frames 20 --reps 3
+    python benchmarks/bench_inference.py --configs lite0-240p --frames 20 --reps 3 \
+        --checkpoint results/mini/checkpoints/main_from_pretrain.pt
 """
 from __future__ import annotations
 
@@ -26,10 +33,12 @@ import argparse
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from kmnlib.checkpoints import load_model
 from kmnlib.config import MINI, PAPER, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
@@ -58,36 +67,51 @@ def load_clip(name: str, n_frames: int | None, height: int | None) -> tuple[torc
     return frames, mask
 
 
-def variants(config: str) -> dict[str, tuple[torch.nn.Module, bool]]:
-    """name → (model, bf16 autocast)."""
+Variant = tuple[torch.nn.Module, bool, bool]  # (model, bf16 autocast, flush subnormals)
+
+
+def variants(config: str, checkpoint: Path | None) -> dict[str, Variant]:
+    """name → (model, bf16 autocast, flush subnormals)."""
     cfg, _ = CONFIGS[config]
     torch.manual_seed(0)
     reference = build_model(replace(cfg, memory_format="contiguous")).eval()
-    with torch.no_grad():  # BatchNorm statistics as trained weights have (not 0 / 1)
-        g = torch.Generator().manual_seed(1)
-        for m in reference.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-    fast = build_model(cfg)
+    if checkpoint is not None:
+        trained = load_model(checkpoint)
+        if trained.cfg.backbone != cfg.backbone:
+            raise SystemExit(f"error: --checkpoint {checkpoint}: a {trained.cfg.backbone} "
+                             f"network, config {config} needs {cfg.backbone}")
+        reference = build_model(replace(trained.cfg, pretrained=False,
+                                        memory_format="contiguous")).eval()
+        reference.load_state_dict(trained.state_dict())
+    else:
+        with torch.no_grad():  # BatchNorm statistics as trained weights have (not 0 / 1)
+            g = torch.Generator().manual_seed(1)
+            for m in reference.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.1, generator=g)
+                    m.running_var.uniform_(0.5, 2.0, generator=g)
+    fast = build_model(replace(reference.cfg, memory_format="channels_last"))
     fast.load_state_dict(reference.state_dict())
-    fast = fold_batchnorm(fast)
-    return {"reference": (reference, False), "fast": (fast, False), "fast+bf16": (fast, True)}
+    fast = fold_batchnorm(fast.eval())
+    return {"reference": (reference, False, False), "fast": (fast, False, True),
+            "fast+bf16": (fast, True, True)}
 
 
-def run(model: torch.nn.Module, bf16: bool, frames: torch.Tensor, mask: torch.Tensor,
+def run(model: torch.nn.Module, bf16: bool, flush: bool, frames: torch.Tensor, mask: torch.Tensor,
         sigma: float | None, mem_every: int) -> tuple[float, torch.Tensor]:
+    torch.set_flush_denormal(flush)  # process-wide: set for every run, variants interleave
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         start = time.perf_counter()
         probs, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
         return (time.perf_counter() - start) / len(frames), probs
 
 
-def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int) -> None:
+def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int,
+          checkpoint: Path | None) -> None:
     frames, mask = load_clip(seq, n_frames, CONFIGS[config][1])
-    models = variants(config)
-    for model, bf16 in models.values():  # warm-up, untimed
-        run(model, bf16, frames[:3], mask, SIGMA, mem_every)
+    models = variants(config, checkpoint)
+    for variant in models.values():  # warm-up, untimed
+        run(*variant, frames[:3], mask, SIGMA, mem_every)
     cases = [(v, s) for v in models for s in (None, SIGMA)]
     times: dict[tuple[str, float | None], list[float]] = {c: [] for c in cases}
     probs: dict[tuple[str, float | None], torch.Tensor] = {}
@@ -98,9 +122,12 @@ def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int
             times[case].append(t)
             probs[case] = p
     med = {c: statistics.median(v) for c, v in times.items()}
+    torch.set_flush_denormal(True)
     paired, _, _ = paired_ratio(models["fast"][0], frames, mask, mem_every)
     ref = med[("reference", None)]
-    print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4}", flush=True)
+    weights = f"trained ({checkpoint})" if checkpoint is not None else "random"
+    print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4}   weights {weights}",
+          flush=True)
     for name in models:
         stm, km = med[(name, None)], med[(name, SIGMA)]
         diff = max(float((probs[(name, s)] - probs[("reference", s)]).abs().max())
@@ -149,7 +176,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--mem-every", type=int, default=PAPER.inference.mem_every)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated of {list(CONFIGS)}")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="a trained mini checkpoint for the lite0 configs (default: random weights)")
     args = ap.parse_args()
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        ap.error(f"--checkpoint {args.checkpoint}: no such file (a mini run writes "
+                 f"results/mini/checkpoints/main_from_pretrain.pt)")
     if args.threads:
         torch.set_num_threads(args.threads)
     n_frames = args.frames if args.frames is not None else (4 if args.quick else None)
@@ -161,7 +193,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sequence {args.sequence}, "
           f"mem_every {args.mem_every}, σ={SIGMA:g}, median of {reps} interleaved rep(s)")
     for config in configs:
-        bench(config, args.sequence, n_frames, reps, args.mem_every)
+        bench(config, args.sequence, n_frames, reps, args.mem_every,
+              args.checkpoint if config.startswith("lite0") else None)
 
 
 if __name__ == "__main__":
