@@ -19,8 +19,8 @@ def flush_denormals() -> None:
     """Flush subnormal floats (|x| < 1.2e-38) to zero in this process's CPU arithmetic.
 
     Trained weights, Adam's moments and small activations accumulate subnormals, on which the CPU's
-    vector units fall back to slow microcode: here a trained mini model trained 1.2-1.25x and
-    segmented 1.6-1.8x slower without this (benchmarks/README.md). Values that small are below
+    vector units fall back to slow microcode (``benchmarks/bench_inference.py --checkpoint``: a
+    trained mini model, reference vs fast; benchmarks/README.md). Values that small are below
     float32's normal range, so results change only there. Training and dataset inference call it.
     """
     torch.set_flush_denormal(True)
