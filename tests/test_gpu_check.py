@@ -14,6 +14,7 @@ import pytest
 from kmnlib.config import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
+SUBSET_SCRIPT = REPO_ROOT / "benchmarks" / "gpu_data_subset.py"
 SECTIONS = ("device", "train", "inference", "ddp")
 
 
@@ -48,10 +49,28 @@ def _numbers(obj):
         yield obj
 
 
+def _load_subset_module():
+    spec = importlib.util.spec_from_file_location("gpu_data_subset", SUBSET_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+subset_tool = _load_subset_module()
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, data_root: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def data_subset(tmp_path_factory, data_root: Path) -> Path:
+    """What a device machine receives (benchmarks/gpu_data_subset.py), small: the smoke run reads
+    only this, so a subset missing anything the check needs fails every test below."""
+    out = tmp_path_factory.mktemp("subset") / "gpudata"
+    return subset_tool.build_subset(data_root, out, train_sequences=2, val_frames=4)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_subset: Path) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
-    res = _run(out)
+    res = _run(out, "--data-root", str(data_subset))
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     return res, json.loads(out.read_text())
 
@@ -65,7 +84,11 @@ def test_cpu_smoke_runs_every_section_and_writes_finite_numbers(smoke) -> None:
         sec = doc["sections"][name]
         assert sec["status"] == "PASS", (name, sec)
         rows = [r for r in doc["rows"] if r["section"] == name]
-        assert rows and all(r["status"] in ("PASS", "SKIP") for r in rows), rows
+        # WARN only where the check says its verdict is reported, not required (a 4-iteration CPU
+        # run's loss need not fall on every data subset).
+        assert rows and all(r["status"] in ("PASS", "SKIP")
+                            or (r["status"] == "WARN" and "reported only" in r["note"])
+                            for r in rows), rows
     assert check.nonfinite_paths(doc) == []
     assert all(math.isfinite(x) for x in _numbers(doc))
     # Only the TF32 comparison is skipped on the CPU; every other check ran.
@@ -173,3 +196,36 @@ def test_loss_trend_and_json_sanitising() -> None:
     doc = check.to_jsonable({"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)})
     json.dumps(doc, allow_nan=False)
     assert check.nonfinite_paths(doc) == [".a", ".b[1]"]
+
+
+def test_data_subset_holds_what_the_check_reads_and_nothing_a_user_made_is_replaced(
+        data_subset: Path, data_root: Path, tmp_path: Path) -> None:
+    from kmnlib.data import DAVISDataset
+    davis = data_subset / "DAVIS-2016"
+    train = DAVISDataset(davis, "2016", "train", "240p")
+    assert len(train.names) == 2
+    for name in train.names:   # whole sequences, byte-identical to the shared ones
+        src = sorted((data_root / "DAVIS-2016" / "JPEGImages" / "240p" / name).iterdir())
+        dst = sorted((davis / "JPEGImages" / "240p" / name).iterdir())
+        assert [f.name for f in src] == [f.name for f in dst]
+        assert src[-1].read_bytes() == dst[-1].read_bytes()
+    val = DAVISDataset(davis, "2016", "val", "480p")
+    shared_val = DAVISDataset(data_root / "DAVIS-2016", "2016", "val", "480p")
+    assert val.names == shared_val.names[:3]            # gpu_check's default: the first 3 of the split
+    assert len(val[val.names[0]]) == 4
+    assert (data_subset / "SUBSET.md").is_file()
+    # The CLI refuses a folder it did not make, and an earlier subset without --force.
+    mine = tmp_path / "user_folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    cmd = [sys.executable, str(SUBSET_SCRIPT), "--data-root", str(data_root), "--train-sequences", "1",
+           "--val-sequences", "1", "--val-frames", "1"]
+    res = subprocess.run([*cmd, "--out", str(mine), "--force"], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "not made by this script" in res.stderr
+    assert (mine / "notes.txt").read_text() == "mine"
+    res = subprocess.run([*cmd, "--out", str(data_subset)], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "--force" in res.stderr
+    res = subprocess.run([*cmd, "--out", str(tmp_path / "new"), "--data-root", str(tmp_path / "nope")],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "train.txt is missing" in res.stderr and not (tmp_path / "new").exists()
