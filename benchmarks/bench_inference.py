@@ -6,10 +6,11 @@ runs in these variants, interleaved (order rotating per repetition) after an unt
 with STM's read and with the kernel (σ = 7):
 
 * ``reference`` — the network as built before the speed work: contiguous weights, BatchNorm
-  separate, float32, subnormal floats computed as such;
+  separate, float32, subnormal floats computed as such, and the memory read as it was
+  (``bench_memory_read.read_before``: ``exp`` of unclamped logits, the kernel as one ``baddbmm``);
 * ``fast``      — channels-last weights, BatchNorm folded into the convolutions, subnormals flushed
-  to zero (``kmnlib.model.ops.flush_denormals``), float32 (probabilities equal the reference's to
-  ≤ 1e-4, printed as ``max|Δp|``);
+  to zero in every thread (``kmnlib.denormals.flush_denormals``), the current read, float32
+  (probabilities equal the reference's to ≤ 1e-4, printed as ``max|Δp|``);
 * ``fast+bf16`` — the same under bfloat16 autocast (``InferenceConfig.precision``; the mini study's
   setting).
 
@@ -34,6 +35,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,10 +44,13 @@ from kmnlib.checkpoints import load_model
 from kmnlib.config import MINI, PAPER, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
+from kmnlib.denormals import flush_denormals
 from kmnlib.inference import segment_video
 from kmnlib.model import build_model, network
 from kmnlib.model.fold import fold_batchnorm
 from kmnlib.model.ops import resize_frames, resize_labels
+
+from bench_memory_read import read_before  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 CONFIGS = {  # name: (model config, frame height; None = native 480p)
     "resnet50-480p": (replace(PAPER.model, pretrained=False), None),
@@ -67,11 +72,11 @@ def load_clip(name: str, n_frames: int | None, height: int | None) -> tuple[torc
     return frames, mask
 
 
-Variant = tuple[torch.nn.Module, bool, bool]  # (model, bf16 autocast, flush subnormals)
+Variant = tuple[torch.nn.Module, bool, bool, bool]  # (model, bf16 autocast, flush subnormals, old read)
 
 
 def variants(config: str, checkpoint: Path | None) -> dict[str, Variant]:
-    """name → (model, bf16 autocast, flush subnormals)."""
+    """name → (model, bf16 autocast, flush subnormals, the read before issue 10)."""
     cfg, _ = CONFIGS[config]
     torch.manual_seed(0)
     reference = build_model(replace(cfg, memory_format="contiguous")).eval()
@@ -93,17 +98,31 @@ def variants(config: str, checkpoint: Path | None) -> dict[str, Variant]:
     fast = build_model(replace(reference.cfg, memory_format="channels_last"))
     fast.load_state_dict(reference.state_dict())
     fast = fold_batchnorm(fast.eval())
-    return {"reference": (reference, False, False), "fast": (fast, False, True),
-            "fast+bf16": (fast, True, True)}
+    return {"reference": (reference, False, False, True), "fast": (fast, False, True, False),
+            "fast+bf16": (fast, True, True, False)}
 
 
-def run(model: torch.nn.Module, bf16: bool, flush: bool, frames: torch.Tensor, mask: torch.Tensor,
-        sigma: float | None, mem_every: int) -> tuple[float, torch.Tensor]:
-    torch.set_flush_denormal(flush)  # process-wide: set for every run, variants interleave
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        start = time.perf_counter()
-        probs, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
-        return (time.perf_counter() - start) / len(frames), probs
+def old_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,
+             sigma: float | None = None, blocked: Any = None) -> torch.Tensor:
+    """``memory_read``'s signature over the pre-issue-10 read (one chunk; no oracle)."""
+    if blocked is not None:
+        raise ValueError("the reference read has no oracle")
+    return read_before(mem_key.float(), mem_value.float(), query_key.float(), sigma).to(mem_value.dtype)
+
+
+def run(model: torch.nn.Module, bf16: bool, flush: bool, before: bool, frames: torch.Tensor,
+        mask: torch.Tensor, sigma: float | None, mem_every: int) -> tuple[float, torch.Tensor]:
+    flush_denormals(flush)  # in every thread (kmnlib.denormals); set for every run, variants interleave
+    original = network.memory_read
+    if before:
+        network.memory_read = old_read   # KMN.segment looks the name up in its module at call time
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            start = time.perf_counter()
+            probs, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
+            return (time.perf_counter() - start) / len(frames), probs
+    finally:
+        network.memory_read = original
 
 
 def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int,
@@ -122,7 +141,7 @@ def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int
             times[case].append(t)
             probs[case] = p
     med = {c: statistics.median(v) for c, v in times.items()}
-    torch.set_flush_denormal(True)
+    flush_denormals(True)
     paired, _, _ = paired_ratio(models["fast"][0], frames, mask, mem_every)
     ref = med[("reference", None)]
     weights = f"trained ({checkpoint})" if checkpoint is not None else "random"
@@ -135,6 +154,11 @@ def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int
         print(f"    {name:<10} STM {stm:.4f}  KM {km:.4f} s/frame   speed-up {ref / stm:5.2f}x   "
               f"KM/STM {km / stm:.3f}   max|Δp| vs reference {diff:.1e}", flush=True)
     print(f"    fast       paired KM/STM estimate {paired:.3f}", flush=True)
+    # Where the fast path's difference arises: at the first frames, or grown through the memory
+    # (each frame's probabilities are encoded into the memory the next frames read).
+    per_frame = (probs[("fast", None)] - probs[("reference", None)]).abs().flatten(1).amax(1)
+    print("    fast       max|Δp| vs reference by frame (STM read): "
+          + " ".join(f"{float(d):.1e}" for d in per_frame), flush=True)
 
 
 def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, mem_every: int

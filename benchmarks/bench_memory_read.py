@@ -13,19 +13,33 @@ Two measurements, each printed as ratios from one run:
 
     python benchmarks/bench_memory_read.py --quick
     python benchmarks/bench_memory_read.py
+    python benchmarks/bench_memory_read.py --before-after    # issue 10: the read before/after
+    python benchmarks/bench_memory_read.py --before-after \
+        --checkpoint results/mini/checkpoints/main_from_pretrain.pt     # ... and on a trained read
+
+``--before-after`` compares the read as it was before the issue-10 changes (``read_before`` below:
+``argmax``, the kernel as one ``baddbmm`` with a 0/1 row/column selector, ``exp`` of the raw
+max-subtracted logits) with :func:`memory_read` now (``max(...).indices``, the kernel as two
+broadcast additions, logits clamped at :func:`kmnlib.memory.exp_floor` before ``exp``), interleaved,
+at the logit scale of trained reads (``--logit-std``; random unit keys give std 1, a trained mini
+read at 480p ≈ 19). First it times ``torch.exp`` itself on inputs that do and do not underflow, and
+a bmm on subnormal operands with the flush off, on in the calling thread only, and in every thread.
 """
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import json
 import statistics
 import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
-from kmnlib.memory import memory_read
+from kmnlib.denormals import flush_denormals
+from kmnlib.memory import exp_floor, memory_read
 
 GRID = (30, 54)       # 480p padded to 480x864, stride 16
 KEY_DIM, VALUE_DIM = 128, 512
@@ -92,6 +106,202 @@ def time_reads(ts: list[int], reps: int) -> None:
             print(f"{t:>4} {stm * 1e3:>9.1f} {km * 1e3:>9.1f} {km / stm:>7.3f}", flush=True)
 
 
+def read_before(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    """The read as computed before issue 10's changes, one chunk (the reference of --before-after)."""
+    b, ck, t, h, w = mk.shape
+    hq, wq = qk.shape[2:]
+    c = torch.bmm(mk.reshape(b, ck, -1).transpose(1, 2), qk.reshape(b, ck, -1) * (1.0 / ck ** 0.5))
+    if sigma is not None:
+        qhat = c.argmax(dim=2)
+        qy, qx = torch.div(qhat, wq, rounding_mode="floor").float(), (qhat % wq).float()
+        inv = 1.0 / (2.0 * sigma * sigma)
+        log_g = torch.cat([-(torch.arange(hq) - qy[..., None]).square_() * inv,
+                           -(torch.arange(wq) - qx[..., None]).square_() * inv], dim=2)
+        q = torch.arange(hq * wq)
+        pick = torch.zeros(hq + wq, hq * wq)
+        pick[q // wq, q] = 1
+        pick[hq + q % wq, q] = 1
+        c.baddbmm_(log_g, pick[None].expand(b, -1, -1))
+    e = c.sub_(c.amax(dim=1, keepdim=True)).exp_()
+    return (torch.bmm(mv.reshape(b, mv.shape[1], -1), e) / e.sum(dim=1)[:, None]).view(b, -1, hq, wq)
+
+
+def time_exp(n: int = 8100 * 1620, reps: int = 7) -> None:
+    print(f"\n== torch.exp over {n / 1e6:.1f} M float32 (one 480p read's logits), median of {reps} ==")
+    floor = exp_floor(torch.float32)
+    for lo in (-80.0, -200.0):
+        x0 = torch.empty(n).uniform_(lo, 0.0, generator=torch.Generator().manual_seed(0))
+        x = torch.empty_like(x0)
+        for label, fn in (("exp", lambda: x.copy_(x0).exp_()),
+                          (f"clamp({floor:.1f})+exp", lambda: x.copy_(x0).clamp_(min=floor).exp_())):
+            fn()
+            ts = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - start)
+            print(f"inputs uniform in [{lo:g}, 0]  {label:<18} {statistics.median(ts) * 1e3:8.1f} ms "
+                  f"(copy included)", flush=True)
+
+
+def time_subnormals(reps: int = 3) -> None:
+    """A value bmm (Cv=128, 8100 memory positions, 1620 queries) whose weights hold 5 % subnormals,
+    with the flush off, on in the calling thread only (``torch.set_flush_denormal``), and on in
+    every thread (:func:`kmnlib.denormals.flush_denormals`)."""
+    print(f"\n== bmm with 5 % subnormal operands, {torch.get_num_threads()} threads, median of {reps} ==")
+    weights = np.full((1, 8100, 1620), 0.5, dtype=np.float32)
+    weights.reshape(-1)[::20] = np.ones(1, dtype=np.uint32).view(np.float32)[0]   # by bit pattern
+    e = torch.from_numpy(weights)
+    mv = torch.rand(1, 128, 8100, generator=torch.Generator().manual_seed(0))
+    modes = (("flush off (every thread)", lambda: flush_denormals(False)),
+             ("flush on, calling thread only", lambda: (flush_denormals(False),
+                                                        torch.set_flush_denormal(True))),
+             ("flush on, every thread", lambda: flush_denormals(True)))
+    for label, set_mode in modes:
+        set_mode()
+        ts = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.bmm(mv, e)
+            ts.append(time.perf_counter() - start)
+        print(f"{label:<32} {statistics.median(ts) * 1e3:9.1f} ms", flush=True)
+
+
+def before_after(ts: list[int], reps: int, logit_std: float, key_dim: int, value_dim: int) -> None:
+    print(f"\n== read before / after issue 10, grid {GRID}, Ck={key_dim}, Cv={value_dim}, 1 object, "
+          f"logit std {logit_std:g}, σ=7; median of {reps} interleaved reps ==")
+    print(f"{'T':>4} {'read':>5} {'before ms':>10} {'after ms':>9} {'speed-up':>9} {'max|Δ|':>9}")
+    scale = logit_std ** 0.5        # c/√d of unit keys has std 1; scaling both keys by s gives s²
+    g = torch.Generator().manual_seed(0)
+    # As segment_video's callers and the trainer run (kmnlib.denormals): without it the exp's
+    # subnormal results also slow the value bmm, which would exaggerate the difference.
+    flush_denormals(True)
+    h, w = GRID
+    with torch.inference_mode():
+        for t in ts:
+            mk = torch.randn(1, key_dim, t, h, w, generator=g) * scale
+            mv = torch.randn(1, value_dim, t, h, w, generator=g)
+            qk = torch.randn(1, key_dim, h, w, generator=g) * scale
+            c = torch.bmm(mk.flatten(2).transpose(1, 2), qk.flatten(2)) / key_dim ** 0.5
+            low = float(((c - c.amax(dim=1, keepdim=True)) < exp_floor(torch.float32)).float().mean())
+            print(f"{t:>4}  STM-read logits below the exp floor after the max: {100 * low:.1f} %")
+            del c
+            km_over_stm = {}
+            for label, sigma in (("STM", None), ("KM", 7.0)):
+                fns = {"before": lambda: read_before(mk, mv, qk, sigma),
+                       "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
+                out = {k: f() for k, f in fns.items()}   # warm-up, and the outputs compared
+                times: dict[str, list[float]] = {k: [] for k in fns}
+                for rep in range(reps):
+                    for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+                        start = time.perf_counter()
+                        fns[k]()
+                        times[k].append(time.perf_counter() - start)
+                b, a = statistics.median(times["before"]), statistics.median(times["after"])
+                km_over_stm[label] = (b, a)
+                diff = float((out["before"] - out["after"]).abs().max())
+                print(f"{t:>4} {label:>5} {b * 1e3:>10.1f} {a * 1e3:>9.1f} {b / a:>8.2f}x {diff:>9.1e}",
+                      flush=True)
+            (sb, sa), (kb, ka) = km_over_stm["STM"], km_over_stm["KM"]
+            print(f"{t:>4}  KM/STM before {kb / sb:.3f}, after {ka / sa:.3f}", flush=True)
+
+
+def trained_read_inputs(checkpoint: str, n_frames: int, sequence: str = "blackswan"
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs of the last memory read of ``segment_video`` over the first ``n_frames`` frames of
+    ``sequence`` at 480p with a trained model (BatchNorm folded, as evaluation runs it)."""
+    from kmnlib.checkpoints import load_model
+    from kmnlib.config import resolve_data_root
+    from kmnlib.data.davis import DAVISDataset
+    from kmnlib.data.video import frames_to_tensor
+    from kmnlib.inference import segment_video
+    from kmnlib.model import network
+    from kmnlib.model.fold import fold_batchnorm
+
+    seq = DAVISDataset(resolve_data_root() / "DAVIS-2016", "2016", "val", "480p")[sequence]
+    frames = frames_to_tensor(seq.load_frames(range(n_frames)))
+    mask = torch.from_numpy(seq.load_mask(0).astype(np.int64))
+    caught: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    original = network.memory_read
+
+    def spy(mk, mv, qk, **kw):  # noqa: ANN001, ANN003 - memory_read's own signature
+        caught.append((mk.clone(), mv.clone(), qk.clone()))
+        return original(mk, mv, qk, **kw)
+
+    network.memory_read = spy
+    try:
+        segment_video(fold_batchnorm(load_model(checkpoint)), frames, mask, sigma=7.0, mem_every=5)
+    finally:
+        network.memory_read = original
+    return caught[-1]
+
+
+def _median_ms(fn: Any, reps: int) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - start)
+    return statistics.median(ts) * 1e3
+
+
+def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
+    """The kernel's two steps on real logits c (1,P,Q), old form against new: q̂ by ``argmax`` or
+    ``max(...).indices``; log g added by one ``baddbmm`` with a 0/1 selector or two broadcast adds."""
+    hq, wq = grid
+    work = c.clone()
+    qhat = c.max(dim=2).indices
+    assert torch.equal(qhat, c.argmax(dim=2))
+    inv = 1.0 / (2.0 * 7.0 ** 2)
+    gy = -(torch.arange(hq) - torch.div(qhat, wq, rounding_mode="floor")[..., None]).square() * inv
+    gx = -(torch.arange(wq) - (qhat % wq)[..., None]).square() * inv
+    q = torch.arange(hq * wq)
+    pick = torch.zeros(hq + wq, hq * wq)
+    pick[q // wq, q] = 1
+    pick[hq + q % wq, q] = 1
+    log_g = torch.cat([gy, gx], dim=2).float()
+    grid4 = work.view(1, -1, hq, wq)
+    copy = _median_ms(lambda: work.copy_(c), reps)
+    rows = {"q̂: argmax": _median_ms(lambda: c.argmax(dim=2), reps),
+            "q̂: max(...).indices": _median_ms(lambda: c.max(dim=2).indices, reps),
+            "log g: baddbmm + selector": _median_ms(lambda: work.copy_(c).baddbmm_(log_g, pick[None]),
+                                                    reps) - copy,
+            "log g: two broadcast adds": _median_ms(
+                lambda: (work.copy_(c), grid4.add_(gy.float()[..., :, None]).add_(gx.float()[..., None, :])),
+                reps) - copy}
+    for label, ms in rows.items():
+        print(f"    kernel part  {label:<27} {ms:7.1f} ms", flush=True)
+
+
+def before_after_trained(checkpoint: str, n_frames: int, reps: int) -> None:
+    flush_denormals(True)
+    with torch.inference_mode():
+        mk, mv, qk = trained_read_inputs(checkpoint, n_frames)
+        ck = mk.shape[1]
+        c = torch.bmm(mk.flatten(2).transpose(1, 2), qk.flatten(2)) / ck ** 0.5
+        low = float(((c - c.amax(dim=1, keepdim=True)) < exp_floor(torch.float32)).float().mean())
+        print(f"\n== trained read ({checkpoint}), blackswan frame {n_frames - 1} at 480p: memory "
+              f"{mk.shape[2]} frames, Ck={ck}, Cv={mv.shape[1]}; logit std {float(c.std()):.1f}, "
+              f"{100 * low:.1f} % of STM-read logits below the exp floor; median of {reps} ==")
+        kernel_parts(c, tuple(qk.shape[2:]), reps)
+        del c
+        print(f"{'read':>5} {'before ms':>10} {'after ms':>9} {'speed-up':>9} {'max|Δ|':>9}")
+        for label, sigma in (("STM", None), ("KM", 7.0)):
+            fns = {"before": lambda: read_before(mk, mv, qk, sigma),
+                   "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
+            out = {k: f() for k, f in fns.items()}
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            for rep in range(reps):
+                for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+                    start = time.perf_counter()
+                    fns[k]()
+                    times[k].append(time.perf_counter() - start)
+            b, a = statistics.median(times["before"]), statistics.median(times["after"])
+            diff = float((out["before"] - out["after"]).abs().max())
+            print(f"{label:>5} {b * 1e3:>10.1f} {a * 1e3:>9.1f} {b / a:>8.2f}x {diff:>9.1e}", flush=True)
+
+
 def rss_sweep(ts: list[int]) -> None:
     print("\n== peak RSS of one KM read (sigma=7), fresh process per row, MiB ==")
     print(f"{'T':>4} {'inputs':>8} {'chunked peak':>13} {'read extra':>11} {'unchunked peak':>15} "
@@ -112,7 +322,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few sizes, few repetitions")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--before-after", action="store_true",
+                    help="only: torch.exp timing and the read before/after issue 10")
+    ap.add_argument("--logit-std", type=float, default=16.0,
+                    help="--before-after: logit scale of the read (random keys at 16 leave about as "
+                         "many logits below the exp floor, ~11 %%, as a trained mini read at 480p)")
+    ap.add_argument("--key-dim", type=int, default=64, help="--before-after: Ck (mini: 64)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="--before-after: also time the read on a trained model's real read inputs "
+                         "(e.g. results/mini/checkpoints/main_from_pretrain.pt)")
+    ap.add_argument("--frames", type=int, default=22,
+                    help="--checkpoint: the read of this many frames' last step (22: 5 memory frames)")
+    ap.add_argument("--value-dim", type=int, default=128, help="--before-after: Cv (mini: 128)")
     args = ap.parse_args()
+    if args.before_after:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        time_exp()
+        time_subnormals()
+        before_after([1, 5, 10], args.reps or 5, args.logit_std, args.key_dim, args.value_dim)
+        if args.checkpoint:
+            before_after_trained(args.checkpoint, args.frames, args.reps or 5)
+        return
     if args.quick:
         time_ts, rss_ts, reps = [1, 10, 37], [1, 10, 37], args.reps or 3
     else:

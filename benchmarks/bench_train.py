@@ -9,7 +9,7 @@ For each stage, three models start from the same weights and train on the same r
 included), one step of each in turn (order alternating), so all see the same machine load:
 
 * ``before``  — contiguous weights, subnormal floats computed as such (the step before the work);
-* ``flush``   — contiguous, subnormals flushed to zero (``kmnlib.model.ops.flush_denormals``);
+* ``flush``   — contiguous, subnormals flushed to zero (``kmnlib.denormals.flush_denormals``, every thread);
 * ``after``   — channels-last weights and the flush: what the study's ``Trainer`` runs.
 
 Printed per stage: median s/iteration of each, the speed-up over ``before``, and the largest
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kmnlib.checkpoints import load_checkpoint  # noqa: E402
 from kmnlib.config import STAGES, get_profile, resolve_data_root  # noqa: E402
+from kmnlib.denormals import flush_denormals  # noqa: E402
 from kmnlib.model import build_model  # noqa: E402
 from kmnlib.training.batches import StepBatches, build_clip_dataset  # noqa: E402
 from kmnlib.training.step import StepModule, train_step  # noqa: E402
@@ -65,7 +66,7 @@ def bench_stage(profile, stage: str, *, steps: int, warmup: int, init: Path | No
         batch = batches.batch(s)
         for name in (names if s % 2 == 0 else names[::-1]):
             module, opt, scaler = runs[name]
-            torch.set_flush_denormal(VARIANTS[name][1])  # process-wide: set before every step
+            flush_denormals(VARIANTS[name][1])  # every thread (kmnlib.denormals); before every step
             t0 = time.perf_counter()
             out = train_step(module, opt, scaler, batch, step=s, device=torch.device("cpu"))
             if s >= warmup:

@@ -87,7 +87,8 @@ def build_subset(data_root: Path, out: Path, *, train_sequences: int = 8, val_se
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="new folder (e.g. .gpudata, git-ignored)")
-    ap.add_argument("--data-root", type=Path, default=None, help="shared data (default: $KMN_DATA, else data/)")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="shared data (default: $KMN_DATA, else data/)")
     ap.add_argument("--train-sequences", type=int, default=8)
     ap.add_argument("--val-sequences", type=int, default=3)
     ap.add_argument("--val-frames", type=int, default=50)
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
               f"holding DAVIS-2016/ and static/)", file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out} ({size / 2**20:.1f} MiB); name it in the run's carry, pass gpu_check.py --data-root {out}")
+    print(f"wrote {out} ({size / 2**20:.1f} MiB); name it in the run's carry, "
+          f"pass gpu_check.py --data-root {out}")
     return 0
 
 

@@ -31,6 +31,19 @@ from kmnlib.config import InferenceConfig
 _BYTES_PER_ELEMENT = 8
 
 
+def exp_floor(dtype: torch.dtype) -> float:
+    """Lower clamp for the max-subtracted logits before ``exp``: one above log of the smallest normal.
+
+    Why: PyTorch's CPU ``exp`` is ~25× slower on inputs whose result underflows (below ≈ −87.3 in
+    float32) than on the rest (``benchmarks/bench_memory_read.py --before-after``), and trained
+    reads hold many such logits (≈ 10 % with the STM read at 480p, more with the kernel's
+    log-penalty). Clamping makes those weights exp(floor) ≈ 1e-38 instead of 0 (or a subnormal):
+    against a softmax sum ≥ 1 the change is below float32 rounding for any memory that fits in
+    RAM, and the clamp's zero gradient there replaces one of at most ~1e-38.
+    """
+    return math.log(torch.finfo(dtype).tiny) + 1.0
+
+
 def chunk_size(batch: int, n_query: int, n_memory: int, budget_bytes: int | None = None) -> int:
     """Memory positions per chunk so that one chunk's logits stay within ``budget_bytes``.
 
@@ -134,37 +147,25 @@ def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
     if sigma is None:
         return c
     hq, wq = query_hw
-    qhat = c.argmax(dim=2)                                       # B,Pc; exact: the chunk holds all q
+    # max(...).indices: the same arg-max as argmax (first maximum), faster on this CPU
+    # (bench_memory_read.py --before-after --checkpoint …, "kernel part" rows).
+    qhat = c.max(dim=2).indices                                  # B,Pc; exact: the chunk holds all q
     qhat_y = torch.div(qhat, wq, rounding_mode="floor").to(c.dtype)
     qhat_x = (qhat % wq).to(c.dtype)
     inv = 1.0 / (2.0 * sigma * sigma)
-    # The 2-D squared distance separates into a y term and an x term: log g = L @ E with
-    # L = [log g_y | log g_x] (Pc, hq+wq) and E the fixed 0/1 matrix that picks a query cell's row
-    # and column. One baddbmm adds the kernel in a single pass over the logits, without ever
-    # materialising a (Pc,Q) distance tensor.
+    # The 2-D squared distance separates into a y term and an x term, so log g(p, (y, x)) =
+    # log g_y(p, y) + log g_x(p, x): two broadcast additions over the (Pc, hq, wq) view of the logits,
+    # without a (Pc, Q) distance tensor; cheaper than the form used before, one baddbmm with a 0/1
+    # row/column selector (the same benchmark rows).
     ys = torch.arange(hq, device=c.device, dtype=c.dtype)
     xs = torch.arange(wq, device=c.device, dtype=c.dtype)
-    log_g = torch.cat([-(ys - qhat_y[..., None]).square_() * inv,       # B,Pc,hq
-                       -(xs - qhat_x[..., None]).square_() * inv], dim=2)  # B,Pc,hq+wq
-    pick = _row_col_selector(hq, wq, c.device, c.dtype).expand(c.shape[0], -1, -1)
+    log_gy = -(ys - qhat_y[..., None]).square_() * inv                 # B,Pc,hq
+    log_gx = -(xs - qhat_x[..., None]).square_() * inv                 # B,Pc,wq
+    grid = c.view(c.shape[0], c.shape[1], hq, wq)
     if inplace:
-        return c.baddbmm_(log_g, pick)
-    return torch.baddbmm(c, log_g, pick)
-
-
-_SELECTORS: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _row_col_selector(hq: int, wq: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(hq+wq, hq·wq) 0/1: column q = y·wq + x has a 1 in row y and in row hq + x (cached)."""
-    key = (hq, wq, device, dtype)
-    if key not in _SELECTORS:
-        q = torch.arange(hq * wq, device=device)
-        sel = torch.zeros(hq + wq, hq * wq, device=device, dtype=dtype)
-        sel[q // wq, q] = 1
-        sel[hq + q % wq, q] = 1
-        _SELECTORS[key] = sel
-    return _SELECTORS[key][None]
+        grid.add_(log_gy[..., :, None]).add_(log_gx[..., None, :])
+        return c
+    return (grid + log_gy[..., :, None] + log_gx[..., None, :]).view(c.shape)
 
 
 def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,
@@ -217,17 +218,18 @@ def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch
                 new_max = chunk_max
             else:
                 new_max = torch.maximum(run_max, chunk_max)
+            floor = exp_floor(logits.dtype)
             if torch.is_grad_enabled() and logits.requires_grad:
-                e = torch.exp(logits - new_max[:, None, :])
+                e = torch.exp((logits - new_max[:, None, :]).clamp(min=floor))
             else:
-                e = logits.sub_(new_max[:, None, :]).exp_()
+                e = logits.sub_(new_max[:, None, :]).clamp_(min=floor).exp_()
             part_sum = e.sum(dim=1)                                           # B,Q
             part_acc = torch.bmm(mv[:, :, start:stop], e)                     # B,Cv,Q
             if run_max is None:
                 run_sum, acc = part_sum, part_acc
             else:
                 # Rescale what was accumulated under the old max; exp(≤0) never overflows.
-                decay = torch.exp(run_max - new_max)
+                decay = torch.exp((run_max - new_max).clamp(min=floor))
                 run_sum = run_sum * decay + part_sum
                 acc = acc * decay[:, None, :] + part_acc
             run_max = new_max

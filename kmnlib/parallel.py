@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
+from kmnlib.denormals import flush_denormals
+
 
 def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` in a worker process with one torch thread (workers share the CPU)."""
     torch.set_num_threads(1)
-    torch.set_flush_denormal(True)  # as the training and inference entry points (model.ops)
+    flush_denormals()   # as the training and inference entry points
     return fn(*args)
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kmnlib.memory import chunk_size, memory_read, read_weights
+from kmnlib.memory import chunk_size, exp_floor, memory_read, read_weights
 
 
 def reference_read(mem_key, mem_value, query_key, sigma):
@@ -163,3 +163,17 @@ def test_bad_input_errors():
         memory_read(mk, mv, qk[:, :2])
     with pytest.raises(ValueError, match="outside"):
         read_weights(mk, qk, (3, 0), 1.0)
+
+
+@pytest.mark.parametrize("sigma", [None, 1.0])
+def test_logits_far_below_the_best_are_read_exactly(sigma):
+    # Keys scaled so that many logits lie more than 87 below their query's best: their exp()
+    # underflows in float32, and memory_read clamps them at exp_floor first (a speed fix). The
+    # read must still equal the literal float64 reference.
+    mk, mv, qk = _random(1, 4, 3, 2, 4, 5, seed=13, scale=6.0)
+    c = torch.einsum("cp,cq->pq", mk[0].flatten(1), qk[0].flatten(1)) / 2.0
+    below = ((c - c.amax(dim=0, keepdim=True)) < exp_floor(torch.float32)).float().mean()
+    assert below > 0.2, below               # the clamp is exercised
+    got = memory_read(mk.float(), mv.float(), qk.float(), sigma=sigma)
+    torch.testing.assert_close(got[0].double(), reference_read(mk[0], mv[0], qk[0], sigma),
+                               rtol=1e-5, atol=1e-5)

@@ -30,8 +30,8 @@ from kmnlib.data.masks import read_label_map
 from kmnlib.data.video import VideoSequence
 from kmnlib.memory import read_logits, sigma_label
 from kmnlib.metrics import leakage
-from kmnlib.model.ops import (cell_coverage, flush_denormals, pad_divide_by, resize_frames,
-                              resize_labels)
+from kmnlib.denormals import flush_denormals
+from kmnlib.model.ops import cell_coverage, pad_divide_by, resize_frames, resize_labels
 
 CELL_CLASSES = ("object", "twin", "background")
 

@@ -15,17 +15,6 @@ Pad = tuple[int, int, int, int]  # (left, right, top, bottom) — F.pad's order 
 _EPS = 1e-7
 
 
-def flush_denormals() -> None:
-    """Flush subnormal floats (|x| < 1.2e-38) to zero in this process's CPU arithmetic.
-
-    Trained weights, Adam's moments and small activations accumulate subnormals, on which the CPU's
-    vector units fall back to slow microcode (``benchmarks/bench_inference.py --checkpoint``: a
-    trained mini model, reference vs fast; benchmarks/README.md). Values that small are below
-    float32's normal range, so results change only there. Training and dataset inference call it.
-    """
-    torch.set_flush_denormal(True)
-
-
 def pad_amounts(height: int, width: int, d: int = FEATURE_STRIDE) -> Pad:
     """``(lw, uw, lh, uh)``: the zero padding that brings (height, width) up to multiples of ``d``,
     centred as STM does (the odd extra pixel goes after: right/bottom)."""

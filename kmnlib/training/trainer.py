@@ -28,7 +28,7 @@ from kmnlib.checkpoints import load_checkpoint, save_checkpoint
 from kmnlib.config import STAGES, Profile
 from kmnlib.memory import record_logit_stats
 from kmnlib.model import build_model
-from kmnlib.model.ops import flush_denormals
+from kmnlib.denormals import flush_denormals
 from kmnlib.training.batches import StepBatches, build_clip_dataset
 from kmnlib.training.log import TrainingLog, log_row
 from kmnlib.training.step import StepModule, TrainingDiverged, train_step
