@@ -87,8 +87,9 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                   sigma: float | None, mem_every: int,
                   trace: list[tuple[int, list[int]]] | None = None,
                   later_masks: Mapping[int, Any] | None = None,
-                  oracle: Callable[[int], torch.Tensor] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  oracle: Callable[[int], torch.Tensor] | None = None,
+                  keep_probs: bool = True
+                  ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Segment a video from its first-frame mask (semi-supervised VOS).
 
     ``frames``: float (T,3,H,W) in [0,1], or uint8 (converted frame by frame) (any H, W: padded to
@@ -97,7 +98,9 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells);
     ``mem_every`` the period of permanent memory frames (a profile's ``inference`` gives both).
     Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
-    given mask one-hot) and uint8 label maps (T,H,W). If ``trace`` is a list, ``(t, frames in
+    given mask one-hot) and uint8 label maps (T,H,W). ``keep_probs=False`` returns ``(None, labels)``
+    and holds probabilities only of the frames the memory has yet to encode, so memory no longer
+    grows with T·(N+1)·H·W floats (the labels are the same). If ``trace`` is a list, ``(t, frames in
     memory)`` is appended for every segmented frame — what was actually read, for inspection.
     ``later_masks`` ``{t: label map}`` gives objects that first appear at frame ``t`` (ids continue
     the first mask's, 1..N over all masks); only the objects new at ``t`` are taken from it, the
@@ -140,7 +143,8 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     was_training = model.training
     model.eval()
 
-    probs = torch.zeros(num_frames, n_obj + 1, height, width, dtype=torch.float32)
+    probs = _ProbStore(num_frames, (n_obj + 1, height, width), keep_probs,
+                       encoded={f for frames_read in bank.schedule for f in frames_read})
     probs[0] = F.one_hot(labels0, n_obj + 1).permute(2, 0, 1).float()
     try:
         with torch.inference_mode():
@@ -155,6 +159,7 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                                                         other_p))
                     if oracle is not None:
                         object_cells[f] = cell_coverage(mask_p) > 0.5
+                    probs.encoded(f)
                 mem_k, mem_v = bank.read(t)
                 if trace is not None:
                     trace.append((t, bank.frames(t)))
@@ -175,16 +180,50 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                     merged = merged / merged.sum(dim=0, keepdim=True)
                 else:
                     merged = torch.softmax(soft_aggregate(fg), dim=0)
-                probs[t] = unpad(merged, pad).float().cpu()
+                p_t = unpad(merged, pad).float().cpu()
                 if t in later:  # objects given at t replace the prediction on their pixels
                     for obj in (o for o, f in appear.items() if f == t):
                         pix = later[t] == obj
-                        probs[t][:, pix] = 0.0
-                        probs[t][obj, pix] = 1.0
+                        p_t[:, pix] = 0.0
+                        p_t[obj, pix] = 1.0
+                probs[t] = p_t
                 bank.release(t)
     finally:
         model.train(was_training)
-    return probs, labels_from_probs(probs)
+    return probs.result()
+
+
+class _ProbStore:
+    """Per-frame probabilities of :func:`segment_video`: all of them (``keep=True``), or only those
+    of frames the memory has yet to encode, with each frame's labels taken as it is stored."""
+
+    def __init__(self, num_frames: int, shape: tuple[int, int, int], keep: bool,
+                 encoded: set[int]) -> None:
+        self.keep, self.will_encode = keep, set(encoded)
+        if keep:
+            self.all = torch.zeros(num_frames, *shape, dtype=torch.float32)
+        else:
+            self.held: dict[int, torch.Tensor] = {}
+            self.labels = torch.zeros(num_frames, *shape[1:], dtype=torch.uint8)
+
+    def __setitem__(self, t: int, p: torch.Tensor) -> None:
+        if self.keep:
+            self.all[t] = p
+            return
+        self.labels[t] = labels_from_probs(p)
+        if t in self.will_encode:
+            self.held[t] = p
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        return self.all[t] if self.keep else self.held[t]
+
+    def encoded(self, t: int) -> None:
+        """Frame ``t`` is in the memory now; the memory never encodes it again."""
+        if not self.keep:
+            self.held.pop(t, None)
+
+    def result(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return (self.all, labels_from_probs(self.all)) if self.keep else (None, self.labels)
 
 
 def _frame(frames: torch.Tensor, t: int, device: torch.device) -> torch.Tensor:

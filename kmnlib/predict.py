@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from kmnlib.data.masks import VOID, write_label_map
 from kmnlib.data.video import VideoDataset, VideoSequence, select_sequences
 from kmnlib.inference import labels_from_probs, segment_video
-from kmnlib.model.ops import flush_denormals, resize_frames, resize_labels
+from kmnlib.denormals import flush_denormals
+from kmnlib.model.ops import resize_frames, resize_labels
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -130,20 +131,24 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
             maps = torch.from_numpy(np.asarray(oracle(seq), dtype=np.uint8)[first_frame:])
             maps = resize_labels(maps, tuple(frames.shape[-2:])).bool()
             blocked = maps.__getitem__
+        size = tuple(frames.shape[-2:])
+        if resolution_out is not None:
+            size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
+        # Probabilities of every frame are needed only to resize the labels; otherwise segment_video
+        # keeps just the frames its memory will encode (benchmarks/bench_memory_ceiling.py).
+        resize = size != tuple(frames.shape[-2:])
         start = time.perf_counter()
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                             enabled=PRECISIONS[precision] is torch.bfloat16):
             probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
-                                          mem_every=mem_every, later_masks=later, oracle=blocked)
+                                          mem_every=mem_every, later_masks=later, oracle=blocked,
+                                          keep_probs=resize)
         timings[seq.name] = (time.perf_counter() - start) / len(frames)
         if report is not None:
             report(f"{len(timings)}/{len(names)} {seq.name}: {len(frames)} frames, "
                    f"{timings[seq.name]:.3f} s/frame")
-        size = tuple(labels.shape[-2:])
-        if resolution_out is not None:
-            size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
-            if size != tuple(labels.shape[-2:]):
-                labels = _resized_labels(probs, size)
+        if resize:
+            labels = _resized_labels(probs, size)
         if first_frame:
             labels = torch.cat([labels.new_zeros(first_frame, *size), labels])
         back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids

@@ -373,3 +373,17 @@ def test_run_dataset_youtube_vos_objects_join_late(lite_model, youtube_valid, tm
     assert ((maps[6] == 3) == (box == 3)).mean() > 0.97
     gt = ds["vid"].load_mask(2)
     assert ((maps[2] == 1) == (gt == 1)).mean() > 0.97
+
+
+@pytest.mark.parametrize("mem_every", [1, 3])
+def test_labels_without_kept_probabilities_are_the_same(lite_model, mem_every):
+    # keep_probs=False holds only the frames the memory will still encode (bench_memory_ceiling.py):
+    # the labels must not change, also with an object given mid-video and its frame kept in memory.
+    frames, mask = _clip(8)
+    later = {4: _box().numpy().astype(np.uint8)}
+    probs, labels = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=mem_every,
+                                  later_masks=later)
+    none, lean = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=mem_every,
+                               later_masks=later, keep_probs=False)
+    assert none is None
+    assert torch.equal(lean, labels) and (lean == 2).any()
