@@ -156,9 +156,45 @@ def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int
     print(f"    fast       paired KM/STM estimate {paired:.3f}", flush=True)
     # Where the fast path's difference arises: at the first frames, or grown through the memory
     # (each frame's probabilities are encoded into the memory the next frames read).
-    per_frame = (probs[("fast", None)] - probs[("reference", None)]).abs().flatten(1).amax(1)
-    print("    fast       max|Δp| vs reference by frame (STM read): "
-          + " ".join(f"{float(d):.1e}" for d in per_frame), flush=True)
+    for s, read in ((None, "STM read"), (SIGMA, f"KM σ={SIGMA:g}")):
+        per_frame = (probs[("fast", s)] - probs[("reference", s)]).abs().flatten(1).amax(1)
+        print(f"    fast       max|Δp| vs reference by frame ({read}): "
+              + " ".join(f"{float(d):.1e}" for d in per_frame), flush=True)
+    qhat_flips(models, frames, mask, mem_every, at=max(1, int(per_frame.argmax())))
+
+
+def qhat_flips(models: dict[str, Variant], frames: torch.Tensor, mask: torch.Tensor,
+               mem_every: int, at: int) -> None:
+    """The KM read of frame ``at`` (the frame where the two differ most) in the reference and the
+    fast network: how far their keys and logits differ, and for how many memory cells the kernel's
+    centre q̂ = argmax_q c(p, q) lands on another query cell. q̂ is not continuous: where two query
+    cells match a memory cell almost equally, float rounding can move it a whole cell."""
+    caught: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    original = network.memory_read
+    for name in ("reference", "fast"):
+        model, _, flush, before = models[name]
+        base = old_read if before else original     # each variant with its own read, as timed
+
+        def spy(mk, mv, qk, *, sigma=None, blocked=None, _name=name, _base=base):  # noqa: ANN001
+            caught[_name] = (mk.float().clone(), qk.float().clone())    # the last read: frame `at`
+            return _base(mk, mv, qk, sigma=sigma, blocked=blocked)
+
+        flush_denormals(flush)
+        network.memory_read = spy
+        try:
+            segment_video(model, frames[:at + 1], mask, sigma=SIGMA, mem_every=mem_every)
+        finally:
+            network.memory_read = original
+    (mk_r, qk_r), (mk_f, qk_f) = caught["reference"], caught["fast"]
+    c_r = torch.bmm(mk_r.flatten(2).transpose(1, 2), qk_r.flatten(2))
+    c_f = torch.bmm(mk_f.flatten(2).transpose(1, 2), qk_f.flatten(2))
+    flips = (c_r.argmax(dim=2) != c_f.argmax(dim=2)).float().mean()
+    top2 = c_r.topk(2, dim=2).values
+    near = ((top2[..., 0] - top2[..., 1]) < (c_r - c_f).abs().amax()).float().mean()
+    print(f"    fast       KM read of frame {at}: max|Δkey| {float((mk_r - mk_f).abs().max()):.1e}, "
+          f"max|Δc| {float((c_r - c_f).abs().max()):.1e}; q̂ moved for {100 * float(flips):.2f} % "
+          f"of memory cells; {100 * float(near):.2f} % have their best two query cells closer "
+          f"than that max|Δc|", flush=True)
 
 
 def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, mem_every: int

@@ -2,8 +2,9 @@
 
 Trained weights, Adam's moments and small activations hold subnormal floats (|x| < 1.2e-38 in
 float32), on which the CPU's vector units fall back to slow microcode: a batched matrix product
-with 3 % subnormal inputs ran ~130× slower here (benchmarks/README.md, "Subnormals and the thread
-pool"). Values that small are below float32's normal range, so flushing changes results only there.
+with 5 % subnormal operands ran 105–141× slower here (benchmarks/README.md, "The read: exp
+underflow and subnormals"). Values that small are below float32's normal range, so flushing changes
+results only there.
 
 Why this is more than ``torch.set_flush_denormal(True)``: that sets the mode of the *calling*
 thread only. Threads that torch's OpenMP pool creates later inherit it, but threads that already

@@ -34,9 +34,9 @@ _BYTES_PER_ELEMENT = 8
 def exp_floor(dtype: torch.dtype) -> float:
     """Lower clamp for the max-subtracted logits before ``exp``: one above log of the smallest normal.
 
-    Why: PyTorch's CPU ``exp`` is ~25× slower on inputs whose result underflows (below ≈ −87.3 in
+    Why: PyTorch's CPU ``exp`` is 18–26× slower on inputs whose result underflows (below ≈ −87.3 in
     float32) than on the rest (``benchmarks/bench_memory_read.py --before-after``), and trained
-    reads hold many such logits (≈ 10 % with the STM read at 480p, more with the kernel's
+    reads hold many such logits (11 % with the STM read at 480p, more with the kernel's
     log-penalty). Clamping makes those weights exp(floor) ≈ 1e-38 instead of 0 (or a subnormal):
     against a softmax sum ≥ 1 the change is below float32 rounding for any memory that fits in
     RAM, and the clamp's zero gradient there replaces one of at most ~1e-38.
