@@ -27,6 +27,7 @@ variant (one run doing both reads per frame, so each frame's two reads see the s
     python benchmarks/bench_inference.py --threads 2                # whole sequence, 3 reps
     python benchmarks/bench_inference.py --configs lite0-240p --frames 20 --reps 3 \
         --checkpoint results/mini/checkpoints/main_from_pretrain.pt
+    python benchmarks/bench_inference.py --breakdown --frames 15      # where a frame's time goes
 """
 from __future__ import annotations
 
@@ -197,6 +198,46 @@ def qhat_flips(models: dict[str, Variant], frames: torch.Tensor, mask: torch.Ten
           f"than that max|Δc|", flush=True)
 
 
+def breakdown(config: str, seq: str, n_frames: int | None, mem_every: int,
+              checkpoint: Path | None) -> None:
+    """Where a frame's time goes in the fast path (fp32, KM read): s/frame inside the memory
+    encoder, the query encoder, the memory read and the decoder, and the rest (soft aggregation,
+    copies, Python), after an untimed run of the first 2 frames."""
+    frames, mask = load_clip(seq, n_frames, CONFIGS[config][1])
+    model = variants(config, checkpoint)["fast"][0]
+    flush_denormals(True)
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            return out
+        return wrapper
+
+    originals = {n: getattr(model, n) for n in ("encode_memory", "encode_query", "decode")}
+    original_read = network.memory_read
+    for n, fn in originals.items():
+        setattr(model, n, timed(n, fn))     # instance attributes shadow the methods
+    network.memory_read = timed("read", original_read)
+    try:
+        segment_video(model, frames[:2], mask, sigma=SIGMA, mem_every=mem_every)
+        spent.clear()
+        start = time.perf_counter()
+        segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every)
+        wall = time.perf_counter() - start
+    finally:
+        network.memory_read = original_read
+        for n in originals:
+            delattr(model, n)
+    n = len(frames) - 1                     # frame 0 is given, not segmented
+    parts = {**spent, "rest": wall - sum(spent.values())}
+    print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4}   fast, KM σ={SIGMA:g}: "
+          f"{wall / n:.3f} s/frame = " + ", ".join(f"{k} {v / n:.3f} ({100 * v / wall:.0f} %)"
+                                                 for k, v in parts.items()), flush=True)
+
+
 def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, mem_every: int
                  ) -> tuple[float, float, float]:
     """(W - R_stm) / (W - R_km) from one run doing both reads per frame; also R_stm, R_km in s/frame."""
@@ -230,6 +271,8 @@ def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tenso
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 frames, 1 repetition")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only: where a frame's time goes in the fast path (encoders, read, decoder)")
     ap.add_argument("--sequence", default="blackswan")
     ap.add_argument("--frames", type=int, default=None, help="first N frames (default: all)")
     ap.add_argument("--reps", type=int, default=None)
@@ -253,8 +296,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sequence {args.sequence}, "
           f"mem_every {args.mem_every}, σ={SIGMA:g}, median of {reps} interleaved rep(s)")
     for config in configs:
-        bench(config, args.sequence, n_frames, reps, args.mem_every,
-              args.checkpoint if config.startswith("lite0") else None)
+        ckpt = args.checkpoint if config.startswith("lite0") else None
+        if args.breakdown:
+            breakdown(config, args.sequence, n_frames, args.mem_every, ckpt)
+        else:
+            bench(config, args.sequence, n_frames, reps, args.mem_every, ckpt)
 
 
 if __name__ == "__main__":
