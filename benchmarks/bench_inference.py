@@ -32,6 +32,7 @@ variant (one run doing both reads per frame, so each frame's two reads see the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from dataclasses import replace
@@ -47,11 +48,11 @@ from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
 from kmnlib.denormals import flush_denormals
 from kmnlib.inference import segment_video
-from kmnlib.model import build_model, network
+from kmnlib.model import build_model
 from kmnlib.model.fold import fold_batchnorm
 from kmnlib.model.ops import resize_frames, resize_labels
 
-from bench_memory_read import read_before  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
+from bench_memory_read import memory_read_replaced, read_before  # noqa: E402  (benchmarks/ on sys.path)
 
 CONFIGS = {  # name: (model config, frame height; None = native 480p)
     "resnet50-480p": (replace(PAPER.model, pretrained=False), None),
@@ -114,16 +115,11 @@ def old_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Te
 def run(model: torch.nn.Module, bf16: bool, flush: bool, before: bool, frames: torch.Tensor,
         mask: torch.Tensor, sigma: float | None, mem_every: int) -> tuple[float, torch.Tensor]:
     flush_denormals(flush)  # in every thread (kmnlib.denormals); set for every run, variants interleave
-    original = network.memory_read
-    if before:
-        network.memory_read = old_read   # KMN.segment looks the name up in its module at call time
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            start = time.perf_counter()
-            probs, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
-            return (time.perf_counter() - start) / len(frames), probs
-    finally:
-        network.memory_read = original
+    read = memory_read_replaced(lambda _: old_read) if before else contextlib.nullcontext()
+    with read, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        start = time.perf_counter()
+        probs, _ = segment_video(model, frames, mask, sigma=sigma, mem_every=mem_every)
+        return (time.perf_counter() - start) / len(frames), probs
 
 
 def bench(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int,
@@ -171,21 +167,20 @@ def qhat_flips(models: dict[str, Variant], frames: torch.Tensor, mask: torch.Ten
     centre q̂ = argmax_q c(p, q) lands on another query cell. q̂ is not continuous: where two query
     cells match a memory cell almost equally, float rounding can move it a whole cell."""
     caught: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    original = network.memory_read
     for name in ("reference", "fast"):
         model, _, flush, before = models[name]
-        base = old_read if before else original     # each variant with its own read, as timed
 
-        def spy(mk, mv, qk, *, sigma=None, blocked=None, _name=name, _base=base):  # noqa: ANN001
-            caught[_name] = (mk.float().clone(), qk.float().clone())    # the last read: frame `at`
-            return _base(mk, mv, qk, sigma=sigma, blocked=blocked)
+        def spy(current: Any, _name: str = name, _before: bool = before) -> Any:
+            read = old_read if _before else current     # each variant with its own read, as timed
+
+            def spied(mk, mv, qk, *, sigma=None, blocked=None):  # noqa: ANN001
+                caught[_name] = (mk.float().clone(), qk.float().clone())  # the last read: frame `at`
+                return read(mk, mv, qk, sigma=sigma, blocked=blocked)
+            return spied
 
         flush_denormals(flush)
-        network.memory_read = spy
-        try:
+        with memory_read_replaced(spy):
             segment_video(model, frames[:at + 1], mask, sigma=SIGMA, mem_every=mem_every)
-        finally:
-            network.memory_read = original
     (mk_r, qk_r), (mk_f, qk_f) = caught["reference"], caught["fast"]
     c_r = torch.bmm(mk_r.flatten(2).transpose(1, 2), qk_r.flatten(2))
     c_f = torch.bmm(mk_f.flatten(2).transpose(1, 2), qk_f.flatten(2))
@@ -217,18 +212,16 @@ def breakdown(config: str, seq: str, n_frames: int | None, mem_every: int,
         return wrapper
 
     originals = {n: getattr(model, n) for n in ("encode_memory", "encode_query", "decode")}
-    original_read = network.memory_read
     for n, fn in originals.items():
         setattr(model, n, timed(n, fn))     # instance attributes shadow the methods
-    network.memory_read = timed("read", original_read)
     try:
-        segment_video(model, frames[:2], mask, sigma=SIGMA, mem_every=mem_every)
-        spent.clear()
-        start = time.perf_counter()
-        segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every)
-        wall = time.perf_counter() - start
+        with memory_read_replaced(lambda current: timed("read", current)):
+            segment_video(model, frames[:2], mask, sigma=SIGMA, mem_every=mem_every)
+            spent.clear()
+            start = time.perf_counter()
+            segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every)
+            wall = time.perf_counter() - start
     finally:
-        network.memory_read = original_read
         for n in originals:
             delattr(model, n)
     n = len(frames) - 1                     # frame 0 is given, not segmented
@@ -242,28 +235,26 @@ def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tenso
                  ) -> tuple[float, float, float]:
     """(W - R_stm) / (W - R_km) from one run doing both reads per frame; also R_stm, R_km in s/frame."""
     spent = {"stm": 0.0, "km": 0.0}
-    original = network.memory_read
     calls = [0]
 
-    def both(mem_key, mem_value, query_key, *, sigma=None, blocked=None):
-        order = [("stm", None), ("km", sigma)] if calls[0] % 2 == 0 else [("km", sigma), ("stm", None)]
-        calls[0] += 1
-        out = None
-        for name, s in order:
-            start = time.perf_counter()
-            r = original(mem_key, mem_value, query_key, sigma=s, blocked=blocked)
-            spent[name] += time.perf_counter() - start
-            if name == "km":
-                out = r
-        return out
+    def both(read: Any) -> Any:
+        def both_reads(mem_key, mem_value, query_key, *, sigma=None, blocked=None):  # noqa: ANN001
+            order = [("stm", None), ("km", sigma)] if calls[0] % 2 == 0 else [("km", sigma), ("stm", None)]
+            calls[0] += 1
+            out = None
+            for name, s in order:
+                start = time.perf_counter()
+                r = read(mem_key, mem_value, query_key, sigma=s, blocked=blocked)
+                spent[name] += time.perf_counter() - start
+                if name == "km":
+                    out = r
+            return out
+        return both_reads
 
-    network.memory_read = both  # KMN.segment looks the name up in its module at call time
-    try:
+    with memory_read_replaced(both):
         start = time.perf_counter()
         segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every)
         wall = time.perf_counter() - start
-    finally:
-        network.memory_read = original
     n = len(frames)
     return (wall - spent["stm"]) / (wall - spent["km"]), spent["stm"] / n, spent["km"] / n
 

@@ -28,6 +28,8 @@ a bmm on subnormal operands with the flush off, on in the calling thread only, a
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 import json
 import statistics
@@ -106,6 +108,68 @@ def time_reads(ts: list[int], reps: int) -> None:
             print(f"{t:>4} {stm * 1e3:>9.1f} {km * 1e3:>9.1f} {km / stm:>7.3f}", flush=True)
 
 
+@contextlib.contextmanager
+def memory_read_replaced(make: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]
+                         ) -> Iterator[None]:
+    """Inside the block the network reads memory with ``make(current memory_read)`` — a spy, a
+    timer or another read (``KMN.segment`` looks the name up in its module at call time)."""
+    from kmnlib.model import network
+
+    original = network.memory_read
+    network.memory_read = make(original)
+    try:
+        yield
+    finally:
+        network.memory_read = original
+
+
+def _selector(hq: int, wq: int) -> torch.Tensor:
+    """(hq+wq, hq·wq) 0/1: query cell q = y·wq + x has a 1 in row y and in row hq + x — the old
+    kernel's way of adding log g_y + log g_x with one baddbmm."""
+    q = torch.arange(hq * wq)
+    pick = torch.zeros(hq + wq, hq * wq)
+    pick[q // wq, q] = 1
+    pick[hq + q % wq, q] = 1
+    return pick
+
+
+def _below_floor(mk: torch.Tensor, qk: torch.Tensor) -> tuple[float, float]:
+    """(std of the STM read's logits c/√d, fraction of them below exp_floor after the max)."""
+    c = torch.bmm(mk.flatten(2).transpose(1, 2), qk.flatten(2)) / mk.shape[1] ** 0.5
+    low = ((c - c.amax(dim=1, keepdim=True)) < exp_floor(torch.float32)).float().mean()
+    return float(c.std()), float(low)
+
+
+def _median_ms(fn: Any, reps: int) -> float:
+    """Median wall time of ``fn()`` in ms over ``reps`` calls, after one untimed call."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - start)
+    return statistics.median(ts) * 1e3
+
+
+def _compare_reads(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, reps: int
+                   ) -> dict[str, tuple[float, float, float]]:
+    """read → (before ms, after ms, max|Δ|) for STM's read and KM σ=7, before/after interleaved."""
+    rows = {}
+    for label, sigma in (("STM", None), ("KM", 7.0)):
+        fns = {"before": lambda: read_before(mk, mv, qk, sigma),
+               "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
+        out = {k: f() for k, f in fns.items()}   # warm-up, and the outputs compared
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for rep in range(reps):
+            for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+                start = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - start)
+        rows[label] = (statistics.median(times["before"]) * 1e3, statistics.median(times["after"]) * 1e3,
+                       float((out["before"] - out["after"]).abs().max()))
+    return rows
+
+
 def read_before(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, sigma: float | None) -> torch.Tensor:
     """The read as computed before issue 10's changes, one chunk (the reference of --before-after)."""
     b, ck, t, h, w = mk.shape
@@ -117,11 +181,7 @@ def read_before(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, sigma: flo
         inv = 1.0 / (2.0 * sigma * sigma)
         log_g = torch.cat([-(torch.arange(hq) - qy[..., None]).square_() * inv,
                            -(torch.arange(wq) - qx[..., None]).square_() * inv], dim=2)
-        q = torch.arange(hq * wq)
-        pick = torch.zeros(hq + wq, hq * wq)
-        pick[q // wq, q] = 1
-        pick[hq + q % wq, q] = 1
-        c.baddbmm_(log_g, pick[None].expand(b, -1, -1))
+        c.baddbmm_(log_g, _selector(hq, wq)[None].expand(b, -1, -1))
     e = c.sub_(c.amax(dim=1, keepdim=True)).exp_()
     return (torch.bmm(mv.reshape(b, mv.shape[1], -1), e) / e.sum(dim=1)[:, None]).view(b, -1, hq, wq)
 
@@ -134,13 +194,7 @@ def time_exp(n: int = 8100 * 1620, reps: int = 7) -> None:
         x = torch.empty_like(x0)
         for label, fn in (("exp", lambda: x.copy_(x0).exp_()),
                           (f"clamp({floor:.1f})+exp", lambda: x.copy_(x0).clamp_(min=floor).exp_())):
-            fn()
-            ts = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - start)
-            print(f"inputs uniform in [{lo:g}, 0]  {label:<18} {statistics.median(ts) * 1e3:8.1f} ms "
+            print(f"inputs uniform in [{lo:g}, 0]  {label:<18} {_median_ms(fn, reps):8.1f} ms "
                   f"(copy included)", flush=True)
 
 
@@ -159,12 +213,7 @@ def time_subnormals(reps: int = 3) -> None:
              ("flush on, every thread", lambda: flush_denormals(True)))
     for label, set_mode in modes:
         set_mode()
-        ts = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            torch.bmm(mv, e)
-            ts.append(time.perf_counter() - start)
-        print(f"{label:<32} {statistics.median(ts) * 1e3:9.1f} ms", flush=True)
+        print(f"{label:<32} {_median_ms(lambda: torch.bmm(mv, e), reps):9.1f} ms", flush=True)
 
 
 def before_after(ts: list[int], reps: int, logit_std: float, key_dim: int, value_dim: int) -> None:
@@ -182,27 +231,12 @@ def before_after(ts: list[int], reps: int, logit_std: float, key_dim: int, value
             mk = torch.randn(1, key_dim, t, h, w, generator=g) * scale
             mv = torch.randn(1, value_dim, t, h, w, generator=g)
             qk = torch.randn(1, key_dim, h, w, generator=g) * scale
-            c = torch.bmm(mk.flatten(2).transpose(1, 2), qk.flatten(2)) / key_dim ** 0.5
-            low = float(((c - c.amax(dim=1, keepdim=True)) < exp_floor(torch.float32)).float().mean())
+            _, low = _below_floor(mk, qk)
             print(f"{t:>4}  STM-read logits below the exp floor after the max: {100 * low:.1f} %")
-            del c
-            km_over_stm = {}
-            for label, sigma in (("STM", None), ("KM", 7.0)):
-                fns = {"before": lambda: read_before(mk, mv, qk, sigma),
-                       "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
-                out = {k: f() for k, f in fns.items()}   # warm-up, and the outputs compared
-                times: dict[str, list[float]] = {k: [] for k in fns}
-                for rep in range(reps):
-                    for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
-                        start = time.perf_counter()
-                        fns[k]()
-                        times[k].append(time.perf_counter() - start)
-                b, a = statistics.median(times["before"]), statistics.median(times["after"])
-                km_over_stm[label] = (b, a)
-                diff = float((out["before"] - out["after"]).abs().max())
-                print(f"{t:>4} {label:>5} {b * 1e3:>10.1f} {a * 1e3:>9.1f} {b / a:>8.2f}x {diff:>9.1e}",
-                      flush=True)
-            (sb, sa), (kb, ka) = km_over_stm["STM"], km_over_stm["KM"]
+            rows = _compare_reads(mk, mv, qk, reps)
+            for label, (b, a, diff) in rows.items():
+                print(f"{t:>4} {label:>5} {b:>10.1f} {a:>9.1f} {b / a:>8.2f}x {diff:>9.1e}", flush=True)
+            (sb, sa, _), (kb, ka, _) = rows["STM"], rows["KM"]
             print(f"{t:>4}  KM/STM before {kb / sb:.3f}, after {ka / sa:.3f}", flush=True)
 
 
@@ -215,35 +249,22 @@ def trained_read_inputs(checkpoint: str, n_frames: int, sequence: str = "blacksw
     from kmnlib.data.davis import DAVISDataset
     from kmnlib.data.video import frames_to_tensor
     from kmnlib.inference import segment_video
-    from kmnlib.model import network
     from kmnlib.model.fold import fold_batchnorm
 
     seq = DAVISDataset(resolve_data_root() / "DAVIS-2016", "2016", "val", "480p")[sequence]
     frames = frames_to_tensor(seq.load_frames(range(n_frames)))
     mask = torch.from_numpy(seq.load_mask(0).astype(np.int64))
     caught: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    original = network.memory_read
 
-    def spy(mk, mv, qk, **kw):  # noqa: ANN001, ANN003 - memory_read's own signature
-        caught.append((mk.clone(), mv.clone(), qk.clone()))
-        return original(mk, mv, qk, **kw)
+    def spy(read: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def spied(mk, mv, qk, **kw):  # noqa: ANN001, ANN003 - memory_read's own signature
+            caught.append((mk.clone(), mv.clone(), qk.clone()))
+            return read(mk, mv, qk, **kw)
+        return spied
 
-    network.memory_read = spy
-    try:
+    with memory_read_replaced(spy):
         segment_video(fold_batchnorm(load_model(checkpoint)), frames, mask, sigma=7.0, mem_every=5)
-    finally:
-        network.memory_read = original
     return caught[-1]
-
-
-def _median_ms(fn: Any, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - start)
-    return statistics.median(ts) * 1e3
 
 
 def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
@@ -256,10 +277,7 @@ def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
     inv = 1.0 / (2.0 * 7.0 ** 2)
     gy = -(torch.arange(hq) - torch.div(qhat, wq, rounding_mode="floor")[..., None]).square() * inv
     gx = -(torch.arange(wq) - (qhat % wq)[..., None]).square() * inv
-    q = torch.arange(hq * wq)
-    pick = torch.zeros(hq + wq, hq * wq)
-    pick[q // wq, q] = 1
-    pick[hq + q % wq, q] = 1
+    pick = _selector(hq, wq)
     log_g = torch.cat([gy, gx], dim=2).float()
     grid4 = work.view(1, -1, hq, wq)
     copy = _median_ms(lambda: work.copy_(c), reps)
@@ -279,27 +297,15 @@ def before_after_trained(checkpoint: str, n_frames: int, reps: int) -> None:
     with torch.inference_mode():
         mk, mv, qk = trained_read_inputs(checkpoint, n_frames)
         ck = mk.shape[1]
-        c = torch.bmm(mk.flatten(2).transpose(1, 2), qk.flatten(2)) / ck ** 0.5
-        low = float(((c - c.amax(dim=1, keepdim=True)) < exp_floor(torch.float32)).float().mean())
+        std, low = _below_floor(mk, qk)
         print(f"\n== trained read ({checkpoint}), blackswan frame {n_frames - 1} at 480p: memory "
-              f"{mk.shape[2]} frames, Ck={ck}, Cv={mv.shape[1]}; logit std {float(c.std()):.1f}, "
+              f"{mk.shape[2]} frames, Ck={ck}, Cv={mv.shape[1]}; logit std {std:.1f}, "
               f"{100 * low:.1f} % of STM-read logits below the exp floor; median of {reps} ==")
-        kernel_parts(c, tuple(qk.shape[2:]), reps)
-        del c
+        kernel_parts(torch.bmm(mk.flatten(2).transpose(1, 2), qk.flatten(2)) / ck ** 0.5,
+                     tuple(qk.shape[2:]), reps)
         print(f"{'read':>5} {'before ms':>10} {'after ms':>9} {'speed-up':>9} {'max|Δ|':>9}")
-        for label, sigma in (("STM", None), ("KM", 7.0)):
-            fns = {"before": lambda: read_before(mk, mv, qk, sigma),
-                   "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
-            out = {k: f() for k, f in fns.items()}
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for rep in range(reps):
-                for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
-                    start = time.perf_counter()
-                    fns[k]()
-                    times[k].append(time.perf_counter() - start)
-            b, a = statistics.median(times["before"]), statistics.median(times["after"])
-            diff = float((out["before"] - out["after"]).abs().max())
-            print(f"{label:>5} {b * 1e3:>10.1f} {a * 1e3:>9.1f} {b / a:>8.2f}x {diff:>9.1e}", flush=True)
+        for label, (b, a, diff) in _compare_reads(mk, mv, qk, reps).items():
+            print(f"{label:>5} {b:>10.1f} {a:>9.1f} {b / a:>8.2f}x {diff:>9.1e}", flush=True)
 
 
 def rss_sweep(ts: list[int]) -> None:

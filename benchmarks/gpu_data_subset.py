@@ -27,6 +27,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from gpu_check import DATA_OVERRIDES  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 from kmnlib.config import resolve_data_root  # noqa: E402
+from kmnlib.data.davis import read_split, split_file  # noqa: E402
 
 STATIC_SETS: tuple[str, ...] = tuple(DATA_OVERRIDES["static_sets"])
 MARKER = "SUBSET.md"
@@ -36,25 +37,18 @@ def _sequence_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def _read_split(davis: Path, split: str) -> list[str]:
-    path = davis / "ImageSets" / "2016" / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(2, "missing", str(path))
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-
-
 def build_subset(data_root: Path, out: Path, *, train_sequences: int = 8, val_sequences: int = 3,
                  val_frames: int = 50) -> Path:
     """Write the subset to ``out`` (built in ``out``'s parent, renamed when complete); return ``out``."""
     davis = data_root / "DAVIS-2016"
-    train = _read_split(davis, "train")
-    val = _read_split(davis, "val")[:val_sequences]
+    train = read_split(davis, "2016", "train")
+    val = read_split(davis, "2016", "val")[:val_sequences]
     # The smallest train sequences: the check trains 60 main iterations, any sequences will do.
     train = sorted(train, key=lambda s: _sequence_bytes(davis / "JPEGImages" / "240p" / s))
     train = sorted(train[:train_sequences])
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "DAVIS-2016" / "ImageSets" / "2016").mkdir(parents=True)
+    split_file(tmp / "DAVIS-2016", "2016", "train").parent.mkdir(parents=True)
     for source in (data_root / "static" / "SOURCE.md", davis / "SOURCE.md"):
         if source.is_file():   # provenance and licence travel with the copies
             (tmp / source.parent.name).mkdir(exist_ok=True)
@@ -71,9 +65,8 @@ def build_subset(data_root: Path, out: Path, *, train_sequences: int = 8, val_se
             dst.mkdir(parents=True)
             for f in frames:
                 shutil.copy2(davis / kind / "480p" / seq / (f.stem + ext), dst)
-    splits = tmp / "DAVIS-2016" / "ImageSets" / "2016"
-    (splits / "train.txt").write_text("".join(f"{s}\n" for s in train))
-    (splits / "val.txt").write_text("".join(f"{s}\n" for s in val))
+    split_file(tmp / "DAVIS-2016", "2016", "train").write_text("".join(f"{s}\n" for s in train))
+    split_file(tmp / "DAVIS-2016", "2016", "val").write_text("".join(f"{s}\n" for s in val))
     (tmp / MARKER).write_text(
         f"Subset of {data_root} made by benchmarks/gpu_data_subset.py for gpu_check.py.\n"
         f"static: {', '.join(STATIC_SETS)}\nDAVIS-2016 train 240p: {', '.join(train)}\n"
@@ -109,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         build_subset(data_root, out, train_sequences=args.train_sequences,
                      val_sequences=args.val_sequences, val_frames=args.val_frames)
     except FileNotFoundError as exc:
-        print(f"error: {exc.filename} is missing; point --data-root at the shared data (the folder "
-              f"holding DAVIS-2016/ and static/)", file=sys.stderr)
+        what = f"{exc.filename} is missing" if exc.filename else str(exc).split(" (")[0]
+        print(f"error: {what}; point --data-root at the shared data (the folder holding DAVIS-2016/ "
+              f"and static/)", file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 2**20:.1f} MiB); name it in the run's carry, "

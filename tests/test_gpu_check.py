@@ -228,4 +228,5 @@ def test_data_subset_holds_what_the_check_reads_and_nothing_a_user_made_is_repla
     assert res.returncode == 2 and "--force" in res.stderr
     res = subprocess.run([*cmd, "--out", str(tmp_path / "new"), "--data-root", str(tmp_path / "nope")],
                          env=env, capture_output=True, text=True)
-    assert res.returncode == 2 and "train.txt is missing" in res.stderr and not (tmp_path / "new").exists()
+    assert res.returncode == 2 and "train.txt: sequence list not found" in res.stderr
+    assert not (tmp_path / "new").exists()
