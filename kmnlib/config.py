@@ -388,9 +388,9 @@ MINI = Profile(
                      checkpoint_every=50),
     # σ = 3.5 = 7 · 27/54: at 240p the feature grid is 27 cells wide, half the paper's 54, so this
     # is the paper's σ = 7 over the same image extent (σ = 7 here would cover twice of it).
-    # bf16: the convolutions under bfloat16 autocast (AMX; speed in benchmarks/README.md); on DAVIS-16 val it moved
-    # J&F by +0.28 [0.10, 0.47] (STM read) and +0.26 [0.02, 0.48] (KM) against float32, and the
-    # KM − STM difference not at all (README, "Protocol").
+    # bf16: the convolutions under bfloat16 autocast (AMX; speed in benchmarks/README.md); on
+    # DAVIS-16 val it moved J&F by +0.28 [0.10, 0.47] (STM read) and +0.26 [0.02, 0.48] (KM)
+    # against float32, and the KM − STM difference not at all (README, "Protocol").
     # σ = 1 is tried on the twin set as an extension: a width whose penalty can exceed the trained
     # read's logit gaps (notebook 07).
     inference=InferenceConfig(sigma=3.5, mem_every=5, davis_resolution="480p", infer_height=240,

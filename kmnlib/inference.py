@@ -144,7 +144,7 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     model.eval()
 
     probs = _ProbStore(num_frames, (n_obj + 1, height, width), keep_probs,
-                       encoded={f for frames_read in bank.schedule for f in frames_read})
+                       will_encode={f for frames_read in bank.schedule for f in frames_read})
     probs[0] = F.one_hot(labels0, n_obj + 1).permute(2, 0, 1).float()
     try:
         with torch.inference_mode():
@@ -198,8 +198,8 @@ class _ProbStore:
     of frames the memory has yet to encode, with each frame's labels taken as it is stored."""
 
     def __init__(self, num_frames: int, shape: tuple[int, int, int], keep: bool,
-                 encoded: set[int]) -> None:
-        self.keep, self.will_encode = keep, set(encoded)
+                 will_encode: set[int]) -> None:
+        self.keep, self.will_encode = keep, set(will_encode)
         if keep:
             self.all = torch.zeros(num_frames, *shape, dtype=torch.float32)
         else:

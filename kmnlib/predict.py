@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from kmnlib.data.masks import VOID, write_label_map
 from kmnlib.data.video import VideoDataset, VideoSequence, select_sequences
-from kmnlib.inference import labels_from_probs, segment_video
 from kmnlib.denormals import flush_denormals
+from kmnlib.inference import labels_from_probs, segment_video
 from kmnlib.model.ops import resize_frames, resize_labels
 
 
