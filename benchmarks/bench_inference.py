@@ -8,11 +8,13 @@ with STM's read and with the kernel (σ = 7):
 * ``reference`` — the network as built before the speed work: contiguous weights, BatchNorm
   separate, float32, subnormal floats computed as such, and the memory read as it was
   (``bench_memory_read.read_before``: ``exp`` of unclamped logits, the kernel as one ``baddbmm``);
-* ``fast``      — channels-last weights, BatchNorm folded into the convolutions, subnormals flushed
-  to zero in every thread (``kmnlib.denormals.flush_denormals``), the current read, float32
-  (probabilities equal the reference's to ≤ 1e-4, printed as ``max|Δp|``);
+* ``direct``    — channels-last weights, BatchNorm folded into the convolutions, subnormals flushed
+  to zero in every thread (``kmnlib.denormals.flush_denormals``), the current read, float32;
+* ``fast``      — the same with the wide 3×3 convolutions as Winograd F(4×4, 3×3)
+  (``kmnlib.model.winograd``): the network ``kmnlib.checkpoints.prepare_for_inference`` builds
+  for float32 on CPU (probabilities equal the reference's to ≤ 1e-4, printed as ``max|Δp|``);
 * ``fast+bf16`` — the same under bfloat16 autocast (``InferenceConfig.precision``; the mini study's
-  setting).
+  setting), where the convolutions run directly (AMX) and Winograd stands aside.
 
 Weights: random (BatchNorm statistics drawn as trained ones look), or, for the Lite0 configs, a
 trained mini checkpoint with ``--checkpoint`` — trained weights hold subnormal values that random
@@ -42,14 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from kmnlib.checkpoints import load_model
-from kmnlib.config import MINI, PAPER, resolve_data_root
+from kmnlib.checkpoints import load_model, prepare_for_inference
+from kmnlib.config import MINI, PAPER, InferenceConfig, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
 from kmnlib.denormals import flush_denormals
 from kmnlib.inference import segment_video
 from kmnlib.model import build_model
-from kmnlib.model.fold import fold_batchnorm
 from kmnlib.model.ops import resize_frames, resize_labels
 
 from bench_memory_read import memory_read_replaced, read_before  # noqa: E402  (benchmarks/ on sys.path)
@@ -97,11 +98,12 @@ def variants(config: str, checkpoint: Path | None) -> dict[str, Variant]:
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.running_mean.normal_(0, 0.1, generator=g)
                     m.running_var.uniform_(0.5, 2.0, generator=g)
-    fast = build_model(replace(reference.cfg, memory_format="channels_last"))
-    fast.load_state_dict(reference.state_dict())
-    fast = fold_batchnorm(fast.eval())
-    return {"reference": (reference, False, False, True), "fast": (fast, False, True, False),
-            "fast+bf16": (fast, True, True, False)}
+    cl = build_model(replace(reference.cfg, memory_format="channels_last"))
+    cl.load_state_dict(reference.state_dict())
+    direct = prepare_for_inference(cl, InferenceConfig(winograd=False))
+    fast = prepare_for_inference(cl, InferenceConfig(winograd=True))
+    return {"reference": (reference, False, False, True), "direct": (direct, False, True, False),
+            "fast": (fast, False, True, False), "fast+bf16": (fast, True, True, False)}
 
 
 def old_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,

@@ -45,11 +45,11 @@ def child(config: str, n_frames: int, sequence: str) -> dict:
     import torch
     from dataclasses import replace
 
+    from kmnlib.checkpoints import prepare_for_inference
     from kmnlib.config import MINI, PAPER, resolve_data_root
     from kmnlib.data import DAVISDataset
     from kmnlib.evaluate import evaluate_davis
     from kmnlib.model import build_model
-    from kmnlib.model.fold import fold_batchnorm
     from kmnlib.predict import run_dataset
 
     torch.set_num_threads(2)
@@ -59,7 +59,7 @@ def child(config: str, n_frames: int, sequence: str) -> dict:
         build_looped(resolve_data_root() / "DAVIS-2016", sequence, n_frames, root)
         ds = DAVISDataset(root, "2016", "val", "480p")
         torch.manual_seed(0)
-        model = fold_batchnorm(build_model(cfg))
+        model = prepare_for_inference(build_model(cfg), PAPER.inference)  # fp32: folded, Winograd
         start = time.perf_counter()
         run_dataset(model, ds, Path(tmp) / "masks", sigma=7.0, mem_every=5, infer_height=None,
                     resolution_out="gt")

@@ -18,6 +18,7 @@ from kmnlib.config import STAGES, InferenceConfig, ModelConfig
 from kmnlib.files import atomic_write
 from kmnlib.model import build_model
 from kmnlib.model.fold import fold_batchnorm
+from kmnlib.model.winograd import winograd_convolutions
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -60,10 +61,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
 
 def inference_model(path: str | os.PathLike, inference: InferenceConfig,
                     device: str | torch.device = "cpu") -> nn.Module:
-    """:func:`load_model`, with BatchNorm folded when ``inference.fold_batchnorm``
-    (:func:`kmnlib.model.fold.fold_batchnorm`: same outputs, faster)."""
-    model = load_model(path, device)
-    return fold_batchnorm(model) if inference.fold_batchnorm else model
+    """:func:`load_model`, then :func:`prepare_for_inference`."""
+    return prepare_for_inference(load_model(path, device), inference)
+
+
+def prepare_for_inference(model: nn.Module, inference: InferenceConfig) -> nn.Module:
+    """``model`` in eval mode with the speed-ups ``inference`` asks for, each applied to a copy:
+    BatchNorm folded
+    (:func:`kmnlib.model.fold.fold_batchnorm`), wide 3x3 convolutions as Winograd's on a CPU model
+    (:func:`kmnlib.model.winograd.winograd_convolutions`; on CUDA cuDNN picks its own algorithm).
+    Outputs equal the unprepared model's up to float rounding (tests/test_optimisations.py)."""
+    model = fold_batchnorm(model) if inference.fold_batchnorm else model
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    model = winograd_convolutions(model) if inference.winograd and on_cpu else model
+    return model.eval()
 
 
 def checkpoint_stage(path: str | os.PathLike) -> str:

@@ -153,10 +153,13 @@ class InferenceConfig:
     # Not the paper's method: kernel widths small enough to act at the trained read's logit scale,
     # tried on the distractor (twin) set only and labelled "extension" wherever they appear.
     extension_sigmas: tuple[float, ...] = ()
-    # Speed (benchmarks/README.md): BatchNorm folded into the convolutions (same outputs to 1e-5),
-    # and the precision of the convolutions: "fp32", or "bf16" autocast (AMX on this CPU; the
-    # memory read itself always runs in float32).
+    # Speed (benchmarks/README.md): BatchNorm folded into the convolutions (same outputs to 1e-5);
+    # the wide 3x3 convolutions as Winograd F(4x4,3x3) on CPU in float32 (kmnlib.model.winograd:
+    # same outputs to ~1e-5 of their scale per convolution; inactive under bf16 and on CUDA); and
+    # the precision of the convolutions: "fp32", or "bf16" autocast (AMX on this CPU; the memory
+    # read itself always runs in float32).
     fold_batchnorm: bool = True
+    winograd: bool = True
     precision: str = "fp32"
     # Working-memory budget of one chunk of the memory read's logits (kmnlib.memory.chunk_size):
     # the read processes memory positions in chunks that fit, so peak memory does not grow with T.

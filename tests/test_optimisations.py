@@ -1,5 +1,6 @@
 """Every optimisation that changes the computation gives the same outputs on real frames:
-BatchNorm folded vs not, channels-last vs contiguous weights (probabilities within 1e-4);
+BatchNorm folded vs not, channels-last vs contiguous weights, Winograd vs direct convolutions
+(probabilities within 1e-4);
 bf16 autocast is opt-in and only close (its accuracy on DAVIS is in benchmarks/README.md)."""
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kmnlib.checkpoints import prepare_for_inference
 from kmnlib.config import MINI, PAPER
 from kmnlib.data import DAVISDataset, frames_to_tensor
 from kmnlib.inference import segment_video
 from kmnlib.model import build_model
 from kmnlib.model.fold import fold_batchnorm
 from kmnlib.model.ops import resize_frames, resize_labels
+from kmnlib.model.winograd import MIN_CHANNELS, WinogradConv2d, winograd_convolutions
 
 CONFIGS = {"lite0": MINI.model, "resnet50": replace(PAPER.model, pretrained=False)}
 
@@ -69,6 +72,35 @@ def test_channels_last_gives_the_same_probabilities(clip, name) -> None:
     a, _ = segment_video(cl, frames, mask, sigma=3.5, mem_every=5)
     b, _ = segment_video(plain, frames, mask, sigma=3.5, mem_every=5)
     assert (a - b).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_winograd_gives_the_same_probabilities(clip, name) -> None:
+    frames, mask = clip
+    direct = fold_batchnorm(_model(name))
+    # The mini widths are below MIN_CHANNELS (where Winograd loses here): convert every width.
+    fast = winograd_convolutions(direct, min_channels=MIN_CHANNELS if name == "resnet50" else 1)
+    converted = sum(isinstance(m, WinogradConv2d) for m in fast.modules())
+    assert converted >= (30 if name == "resnet50" else 10)
+    assert not any(isinstance(m, WinogradConv2d) for m in direct.modules())
+    for sigma in (None, 3.5):
+        a, _ = segment_video(direct, frames, mask, sigma=sigma, mem_every=5)
+        b, _ = segment_video(fast, frames, mask, sigma=sigma, mem_every=5)
+        assert 0 < (a - b).abs().max() <= 1e-4      # another computation, the same probabilities
+
+
+def test_prepare_for_inference_applies_what_the_config_asks() -> None:
+    model = _model("resnet50")
+    both = prepare_for_inference(model, PAPER.inference)
+    assert not both.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in both.modules())
+    assert any(isinstance(m, WinogradConv2d) for m in both.modules())
+    neither = prepare_for_inference(model, replace(PAPER.inference, fold_batchnorm=False,
+                                                   winograd=False))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in neither.modules())
+    assert not any(isinstance(m, WinogradConv2d) for m in neither.modules())
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())   # original untouched
+    assert both.state_dict().keys() == fold_batchnorm(model).state_dict().keys()
 
 
 def test_bf16_autocast_is_close_but_not_equal(clip) -> None:

@@ -78,7 +78,7 @@ def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
             "oracle": oracle, "sequences": _sequences_of(study, dataset),
             "infer_height": inf.infer_height, "davis_resolution": inf.davis_resolution,
             "mem_every": inf.mem_every, "fold_batchnorm": inf.fold_batchnorm,
-            "precision": inf.precision}
+            "winograd": inf.winograd, "precision": inf.precision}
 
 
 def _sequences_of(study: Study, dataset: str) -> list[str] | None:
