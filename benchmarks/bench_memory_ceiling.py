@@ -59,7 +59,8 @@ def child(config: str, n_frames: int, sequence: str) -> dict:
         build_looped(resolve_data_root() / "DAVIS-2016", sequence, n_frames, root)
         ds = DAVISDataset(root, "2016", "val", "480p")
         torch.manual_seed(0)
-        model = prepare_for_inference(build_model(cfg), PAPER.inference)  # fp32: folded, Winograd
+        # As the study's inference_model: fp32, folded and Winograd, in place (one network in memory).
+        model = prepare_for_inference(build_model(cfg), PAPER.inference, in_place=True)
         start = time.perf_counter()
         run_dataset(model, ds, Path(tmp) / "masks", sigma=7.0, mem_every=5, infer_height=None,
                     resolution_out="gt")

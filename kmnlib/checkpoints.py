@@ -7,6 +7,7 @@ A checkpoint is a dict written by :class:`kmnlib.training.trainer.Trainer`: ``mo
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -61,20 +62,23 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
 
 def inference_model(path: str | os.PathLike, inference: InferenceConfig,
                     device: str | torch.device = "cpu") -> nn.Module:
-    """:func:`load_model`, then :func:`prepare_for_inference`."""
-    return prepare_for_inference(load_model(path, device), inference)
+    """:func:`load_model`, then :func:`prepare_for_inference` on it (in place: it is ours)."""
+    return prepare_for_inference(load_model(path, device), inference, in_place=True)
 
 
-def prepare_for_inference(model: nn.Module, inference: InferenceConfig) -> nn.Module:
-    """``model`` in eval mode with the speed-ups ``inference`` asks for, each applied to a copy:
-    BatchNorm folded
+def prepare_for_inference(model: nn.Module, inference: InferenceConfig, *,
+                          in_place: bool = False) -> nn.Module:
+    """A copy of ``model`` (``in_place``: ``model`` itself, so that memory holds one network, not
+    two) in eval mode with the speed-ups ``inference`` asks for: BatchNorm folded
     (:func:`kmnlib.model.fold.fold_batchnorm`), wide 3x3 convolutions as Winograd's on a CPU model
     (:func:`kmnlib.model.winograd.winograd_convolutions`; on CUDA cuDNN picks its own algorithm).
     Outputs equal the unprepared model's up to float rounding (tests/test_optimisations.py)."""
-    model = fold_batchnorm(model) if inference.fold_batchnorm else model
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    model = winograd_convolutions(model) if inference.winograd and on_cpu else model
-    return model.eval()
+    out = (model if in_place else copy.deepcopy(model)).eval()
+    if inference.fold_batchnorm:
+        fold_batchnorm(out, in_place=True)
+    if inference.winograd and all(p.device.type == "cpu" for p in out.parameters()):
+        winograd_convolutions(out, in_place=True)
+    return out
 
 
 def checkpoint_stage(path: str | os.PathLike) -> str:

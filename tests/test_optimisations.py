@@ -112,3 +112,14 @@ def test_bf16_autocast_is_close_but_not_equal(clip) -> None:
     assert b.dtype == torch.float32 and torch.isfinite(b).all()
     assert (a - b).abs().max() > 1e-4          # it is a different computation …
     assert (la == lb).float().mean() > 0.97    # … whose labels mostly agree
+
+
+def test_prepare_for_inference_in_place_keeps_one_network() -> None:
+    model = _model("resnet50")
+    expected = prepare_for_inference(model, PAPER.inference)
+    same = prepare_for_inference(model, PAPER.inference, in_place=True)
+    assert same is model and not same.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(expected.encode_query(x)[1], same.encode_query(x)[1])

@@ -54,9 +54,10 @@ def _fold_children(module: nn.Module, skip: set[int]) -> int:
     return folded
 
 
-def fold_batchnorm(model: KMN) -> KMN:
-    """A copy of ``model`` in eval mode with every BatchNorm folded into its convolution."""
-    out = copy.deepcopy(model).eval()
+def fold_batchnorm(model: KMN, *, in_place: bool = False) -> KMN:
+    """A copy of ``model`` (``in_place``: ``model`` itself) in eval mode with every BatchNorm
+    folded into its convolution."""
+    out = (model if in_place else copy.deepcopy(model)).eval()
     for enc in (out.memory_encoder, out.query_encoder):
         trunk = enc.trunk
         stem, bn = trunk.stem_conv, trunk.bn1

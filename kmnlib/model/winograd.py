@@ -40,8 +40,9 @@ _FILTER = torch.kron(_G, _G).float()      # (36, 9)
 _OUTPUT = torch.kron(_AT, _AT).float()    # (16, 36)
 TILE = 4
 # Transformed tiles are processed in strips of tile rows whose transformed input takes at most
-# this many bytes: as fast as all at once here, and the transient memory stays small at 480p.
-STRIP_BYTES = 16 * 2**20
+# this many bytes: as fast as all at once here, and the transient memory stays small (a whole-video
+# ResNet-50 run at 480p peaked 0.17 GiB higher with 16 MiB strips; bench_memory_ceiling.py).
+STRIP_BYTES = 4 * 2**20
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -109,9 +110,11 @@ def eligible(conv: nn.Module, min_channels: int) -> bool:
 MIN_CHANNELS = 128
 
 
-def winograd_convolutions(model: nn.Module, min_channels: int = MIN_CHANNELS) -> nn.Module:
-    """A copy of ``model`` (inference) whose eligible convolutions are :class:`WinogradConv2d`."""
-    out = copy.deepcopy(model)
+def winograd_convolutions(model: nn.Module, min_channels: int = MIN_CHANNELS, *,
+                          in_place: bool = False) -> nn.Module:
+    """A copy of ``model`` (``in_place``: ``model`` itself) whose eligible convolutions are
+    :class:`WinogradConv2d`."""
+    out = model if in_place else copy.deepcopy(model)
     for module in out.modules():
         for name, child in module.named_children():
             if eligible(child, min_channels):
