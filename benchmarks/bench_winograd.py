@@ -31,7 +31,7 @@ from bench_inference import CONFIGS, load_clip, variants  # noqa: E402  (benchma
 def layer_inputs(config: str) -> list[tuple[str, torch.nn.Conv2d, torch.Size]]:
     """(name, convolution, input shape) of every eligible convolution, once per distinct shape."""
     frames, mask = load_clip("blackswan", 2, CONFIGS[config][1])
-    model = variants(config, None)["fast"][0]
+    model = variants(config, None)["direct"][0]    # folded, channels-last, nothing converted yet
     seen: dict[tuple[str, torch.Size], torch.nn.Conv2d] = {}
 
     def record(name: str) -> Any:

@@ -40,9 +40,12 @@ _FILTER = torch.kron(_G, _G).float()      # (36, 9)
 _OUTPUT = torch.kron(_AT, _AT).float()    # (16, 36)
 TILE = 4
 # Transformed tiles are processed in strips of tile rows whose transformed input takes at most
-# this many bytes: as fast as all at once here, and the transient memory stays small (a whole-video
-# ResNet-50 run at 480p peaked 0.17 GiB higher with 16 MiB strips; bench_memory_ceiling.py).
+# this many bytes, so the transient memory stays small (a whole-video ResNet-50 run at 480p peaked
+# 0.17 GiB higher with 16 MiB strips; bench_memory_ceiling.py) — but with at least this many tiles
+# per strip: the 36 matrix products of a strip get slow when thin (the 1024-channel heads on the
+# 1/16 grid ran 0.73x direct in 2-row strips; bench_winograd.py).
 STRIP_BYTES = 4 * 2**20
+MIN_STRIP_TILES = 128
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -59,7 +62,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     # NHWC, zero border of 1 plus what completes the last tile.
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1 + tw * TILE - w, 1, 1 + th * TILE - h))
     out = torch.empty(n, th * TILE, tw * TILE, k, dtype=x.dtype)
-    rows = max(1, STRIP_BYTES // (36 * n * tw * c * x.element_size()))
+    rows = max(1, STRIP_BYTES // (36 * n * tw * c * x.element_size()), -(-MIN_STRIP_TILES // (n * tw)))
     for r0 in range(0, th, rows):
         r1 = min(th, r0 + rows)
         tiles = xp[:, TILE * r0: TILE * r1 + 2].unfold(1, 6, TILE).unfold(2, 6, TILE)
