@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 _F64 = torch.float64
@@ -59,13 +58,20 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     th, tw = -(-h // TILE), -(-w // TILE)
     # (36, K·C): row t holds filter component t; per component a (C, K) matrix as a transposed view.
     u = (_FILTER @ weight.reshape(k * c, 9).t()).view(36, k, c).transpose(1, 2)
-    # NHWC, zero border of 1 plus what completes the last tile.
-    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1 + tw * TILE - w, 1, 1 + th * TILE - h))
+    xn = x.permute(0, 2, 3, 1)                                       # NHWC (a view if channels-last)
     out = torch.empty(n, th * TILE, tw * TILE, k, dtype=x.dtype)
     rows = max(1, STRIP_BYTES // (36 * n * tw * c * x.element_size()), -(-MIN_STRIP_TILES // (n * tw)))
+    # One strip of input rows with its zero border (1, plus what completes the last tile), reused
+    # for every strip: a padded copy of the whole input would be another input-sized allocation.
+    buf = x.new_zeros(n, TILE * min(rows, th) + 2, tw * TILE + 2, c)
     for r0 in range(0, th, rows):
         r1 = min(th, r0 + rows)
-        tiles = xp[:, TILE * r0: TILE * r1 + 2].unfold(1, 6, TILE).unfold(2, 6, TILE)
+        strip = buf[:, :TILE * (r1 - r0) + 2]
+        top = TILE * r0 - 1                                          # the input row of strip row 0
+        lo, hi = max(0, top), min(h, TILE * r1 + 1)
+        strip[:, lo - top: hi - top, 1: 1 + w].copy_(xn[:, lo:hi])
+        strip[:, hi - top:].zero_()                                  # below the image: last strip
+        tiles = strip.unfold(1, 6, TILE).unfold(2, 6, TILE)
         d = tiles.permute(4, 5, 0, 1, 2, 3).reshape(36, -1)          # (36, N·rows·tw·C)
         v = (_INPUT @ d).view(36, -1, c)                             # (36, tiles, C)
         m = torch.bmm(v, u)                                          # (36, tiles, K)
