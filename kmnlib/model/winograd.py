@@ -16,7 +16,9 @@ Used only where it pays and is valid (:func:`winograd_convolutions`): stride 1, 
 dilation or groups, at least ``min_channels`` in and out; at run time only for float32 on CPU
 without autocast — elsewhere (bf16 autocast with AMX, CUDA whose cuDNN picks its own algorithm)
 the module is the ordinary ``nn.Conv2d`` it was built from. Filters are transformed at each call
-(≈ 1 % of the convolution's work) rather than stored, which would take 4× the weights' memory.
+(9 multiply-adds per transformed weight, against one per weight and tile in the products: under
+1 % of the work at 1/4 resolution, ≈ 8 % on a 480p frame's 1/16 grid) rather than stored, which
+would take 4× the weights' memory.
 """
 from __future__ import annotations
 
@@ -39,10 +41,10 @@ _FILTER = torch.kron(_G, _G).float()      # (36, 9)
 _OUTPUT = torch.kron(_AT, _AT).float()    # (16, 36)
 TILE = 4
 # Transformed tiles are processed in strips of tile rows whose transformed input takes at most
-# this many bytes, so the transient memory stays small (a whole-video ResNet-50 run at 480p peaked
-# 0.17 GiB higher with 16 MiB strips; bench_memory_ceiling.py) — but with at least this many tiles
-# per strip: the 36 matrix products of a strip get slow when thin (the 1024-channel heads on the
-# 1/16 grid ran 0.73x direct in 2-row strips; bench_winograd.py).
+# this many bytes, so the transient memory stays small (peak RSS of whole videos per setting:
+# benchmarks/README.md, memory ceiling) — but with at least this many tiles per strip: the 36
+# matrix products of a strip get slow when thin (the 1024-channel heads on the 1/16 grid ran
+# 0.73x direct in 2-row strips; bench_winograd.py).
 STRIP_BYTES = 4 * 2**20
 MIN_STRIP_TILES = 128
 
