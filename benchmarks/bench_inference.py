@@ -30,6 +30,7 @@ variant (one run doing both reads per frame, so each frame's two reads see the s
     python benchmarks/bench_inference.py --configs lite0-240p --frames 20 --reps 3 \
         --checkpoint results/mini/checkpoints/main_from_pretrain.pt
     python benchmarks/bench_inference.py --breakdown --frames 15      # where a frame's time goes
+    python benchmarks/bench_inference.py --kernel-cost --frames 30 --reps 3   # the kernel's cost
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import kmnlib.memory as memory_module
+from kmnlib import kernel_rows
 from kmnlib.checkpoints import load_model, prepare_for_inference
 from kmnlib.config import MINI, PAPER, InferenceConfig, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
@@ -59,6 +62,7 @@ CONFIGS = {  # name: (model config, frame height; None = native 480p)
     "resnet50-480p": (replace(PAPER.model, pretrained=False), None),
     "lite0-480p": (replace(MINI.model, pretrained=False), None),
     "lite0-240p": (replace(MINI.model, pretrained=False), 240),
+    "resnet50-240p": (replace(PAPER.model, pretrained=False), 240),
 }
 SIGMA = 7.0
 
@@ -261,11 +265,61 @@ def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tenso
     return (wall - spent["stm"]) / (wall - spent["km"]), spent["stm"] / n, spent["km"] / n
 
 
+@contextlib.contextmanager
+def kernel_path(path: str) -> Any:
+    """Inside: the kernel read's work on the logits done by ``path``: ``native`` (what runs by
+    default, ``kmnlib.kernel_rows``), ``numpy`` (its PyTorch path with the NumPy arg-max, as without
+    a C compiler) or ``before`` (q̂ by PyTorch's ``max(...).indices``, as before both)."""
+    saved = kernel_rows.apply_kernel_, memory_module.argmax_last
+    if path in ("numpy", "before"):
+        kernel_rows.apply_kernel_ = lambda *a: None
+    if path == "before":
+        memory_module.argmax_last = lambda c: c.max(dim=-1).indices
+    try:
+        yield
+    finally:
+        kernel_rows.apply_kernel_, memory_module.argmax_last = saved
+
+
+KERNEL_PATHS = {"native": "native pass (now)", "numpy": "NumPy arg-max + adds",
+                "before": "max.indices + adds"}
+
+
+def kernel_cost(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int,
+                checkpoint: Path | None) -> None:
+    """The paired KM/STM estimate of the fast path, repeated, for each way of doing the kernel's
+    work (``kernel_path``), interleaved with the order rotating per repetition."""
+    if kernel_rows.library() is None:
+        raise SystemExit("error: the native kernel did not build (see the warning); --kernel-cost "
+                         "compares it with the PyTorch path")
+    frames, mask = load_clip(seq, n_frames, CONFIGS[config][1])
+    model = variants(config, checkpoint)["fast"][0]
+    flush_denormals(True)
+    segment_video(model, frames[:3], mask, sigma=SIGMA, mem_every=mem_every)   # warm-up
+    got: dict[str, list[tuple[float, float, float]]] = {p: [] for p in KERNEL_PATHS}
+    for rep in range(reps):
+        k = rep % len(KERNEL_PATHS)
+        for path in (list(KERNEL_PATHS)[k:] + list(KERNEL_PATHS)[:k]):
+            with kernel_path(path):
+                got[path].append(paired_ratio(model, frames, mask, mem_every))
+    weights = f"trained ({checkpoint})" if checkpoint is not None else "random"
+    print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4}   weights {weights}, fast path",
+          flush=True)
+    for path, runs in got.items():
+        ratios = [r[0] for r in runs]
+        print(f"    {KERNEL_PATHS[path]:<21} paired KM/STM {statistics.median(ratios):.3f} (per rep: "
+              + ", ".join(f"{r:.3f}" for r in ratios)
+              + f");  read STM {statistics.median(r[1] for r in runs) * 1e3:.1f}, "
+                f"KM {statistics.median(r[2] for r in runs) * 1e3:.1f} ms/frame", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 frames, 1 repetition")
     ap.add_argument("--breakdown", action="store_true",
                     help="only: where a frame's time goes in the fast path (encoders, read, decoder)")
+    ap.add_argument("--kernel-cost", action="store_true",
+                    help="only: the kernel's paired cost in the fast path, native pass and PyTorch path")
     ap.add_argument("--sequence", default="blackswan")
     ap.add_argument("--frames", type=int, default=None, help="first N frames (default: all)")
     ap.add_argument("--reps", type=int, default=None)
@@ -292,6 +346,8 @@ def main() -> None:
         ckpt = args.checkpoint if config.startswith("lite0") else None
         if args.breakdown:
             breakdown(config, args.sequence, n_frames, args.mem_every, ckpt)
+        elif args.kernel_cost:
+            kernel_cost(config, args.sequence, n_frames, reps, args.mem_every, ckpt)
         else:
             bench(config, args.sequence, n_frames, reps, args.mem_every, ckpt)
 

@@ -40,6 +40,8 @@ import time
 import numpy as np
 import torch
 
+from kmnlib import kernel_rows
+from kmnlib.argmax import argmax_last
 from kmnlib.denormals import flush_denormals
 from kmnlib.memory import exp_floor, memory_read
 
@@ -293,8 +295,10 @@ def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
     grid_c = c.view(b, p, hq, wq)
     c_qp = c.transpose(1, 2).contiguous()                   # (1,Q,P): the reduction over rows
     assert torch.equal(rows_first(), qhat) and torch.equal(c_qp.max(dim=1).indices, qhat)
+    assert torch.equal(argmax_last(c), qhat)
     rows = {"q̂: argmax": _median_ms(lambda: c.argmax(dim=2), reps),
             "q̂: max(...).indices": _median_ms(lambda: c.max(dim=2).indices, reps),
+            "q̂: NumPy argmax": _median_ms(lambda: argmax_last(c), reps),
             "q̂: rows first (amax, gather)": _median_ms(rows_first, reps),
             "q̂: max over (Q,P) layout": _median_ms(lambda: c_qp.max(dim=1).indices, reps),
             "floor: amax, values only": _median_ms(lambda: c.amax(dim=2), reps),
@@ -303,6 +307,10 @@ def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
             "log g: two broadcast adds": _median_ms(
                 lambda: (work.copy_(c), grid4.add_(gy.float()[..., :, None]).add_(gx.float()[..., None, :])),
                 reps) - copy}
+    if kernel_rows.library() is not None:   # q̂, log g and the softmax's amax over p in one pass
+        rows["q̂ + log g + amax: native pass"] = _median_ms(
+            lambda: (work.copy_(c), kernel_rows.apply_kernel_(work, grid, 7.0)), reps) - copy
+        rows["(amax over p alone)"] = _median_ms(lambda: c.amax(dim=1), reps)
     for label, ms in rows.items():
         print(f"    kernel part  {label:<30} {ms:7.1f} ms", flush=True)
 

@@ -13,8 +13,11 @@ softmax over ``p`` is an *online* softmax over chunks of memory positions: each 
 position (so ``q̂`` of its memory positions is exact) and the running max / sum / weighted value sum are
 rescaled as chunks arrive. Peak memory is therefore ``O(B·Pc·HW + B·Cv·HW)`` for a chunk of ``Pc``
 memory positions chosen from a byte budget, not ``O(B·T·HW·HW)``; with everything inside the budget it
-is a single pass. All affinity/softmax arithmetic runs in float32 (float64 if the inputs are float64),
-also under autocast, so extreme keys cannot overflow to inf/NaN.
+is a single pass. On CPU the kernel's work on a chunk (q̂, log g, and the maximum over ``p``) is one
+native pass per memory row (:mod:`kmnlib.kernel_rows`: the same floats as the PyTorch code here,
+which runs where it cannot — CUDA, float64, autograd, no C compiler). All affinity/softmax
+arithmetic runs in float32 (float64 if the inputs are float64), also under autocast, so extreme keys
+cannot overflow to inf/NaN.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from collections.abc import Iterator
 
 import torch
 
+from kmnlib import kernel_rows
+from kmnlib.argmax import argmax_last
 from kmnlib.config import InferenceConfig
 
 # Bytes of working memory per (batch, memory position, query position) element of a chunk: the
@@ -134,8 +139,9 @@ def record_logit_stats() -> Iterator[LogitStats]:
 
 
 def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
-                  query_hw: tuple[int, int]) -> torch.Tensor:
-    """Logits (B,Pc,Q) = c/√d (+ log Gaussian kernel around q̂(p)) for one memory chunk.
+                  query_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (B,Pc,Q) = c/√d (+ log Gaussian kernel around q̂(p)) for one memory chunk, and their
+    maximum over the chunk's memory positions (B,Q) where it came for free (else None).
 
     mk (B,Ck,Pc) and qk (B,Ck,Q) in the working dtype, qk already scaled by 1/√d (saves a pass over
     the logits; the positive scale does not move the arg-max).
@@ -145,11 +151,17 @@ def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
         rec._add(c)
     inplace = not (torch.is_grad_enabled() and c.requires_grad)  # in-place only when autograd is off
     if sigma is None:
-        return c
+        return c, None
+    if inplace:
+        # q̂, log g and the column maximum in one native pass per memory row; the same floats as the
+        # PyTorch path below and amax (kmnlib.kernel_rows).
+        native = kernel_rows.apply_kernel_(c, query_hw, sigma)
+        if native is not None:
+            return c, native[1]
     hq, wq = query_hw
-    # max(...).indices: the same arg-max as argmax (first maximum), faster on this CPU
-    # (bench_memory_read.py --before-after --checkpoint …, "kernel part" rows).
-    qhat = c.max(dim=2).indices                                  # B,Pc; exact: the chunk holds all q
+    # The first maximum as argmax gives it, by NumPy's vectorised arg-max on CPU (kmnlib.argmax;
+    # bench_memory_read.py --before-after --checkpoint …, "kernel part" rows).
+    qhat = argmax_last(c)                                        # B,Pc; exact: the chunk holds all q
     qhat_y = torch.div(qhat, wq, rounding_mode="floor").to(c.dtype)
     qhat_x = (qhat % wq).to(c.dtype)
     inv = 1.0 / (2.0 * sigma * sigma)
@@ -164,8 +176,8 @@ def _chunk_logits(mk: torch.Tensor, qk: torch.Tensor, sigma: float | None,
     grid = c.view(c.shape[0], c.shape[1], hq, wq)
     if inplace:
         grid.add_(log_gy[..., :, None]).add_(log_gx[..., None, :])
-        return c
-    return (grid + log_gy[..., :, None] + log_gx[..., None, :]).view(c.shape)
+        return c, None
+    return (grid + log_gy[..., :, None] + log_gx[..., None, :]).view(c.shape), None
 
 
 def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,
@@ -209,11 +221,13 @@ def memory_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch
         run_max = run_sum = acc = None
         for start in range(0, n_mem, step):
             stop = min(n_mem, start + step)
-            logits = _chunk_logits(mk[:, :, start:stop], qk, sigma, (hq, wq))   # B,Pc,Q
+            logits, chunk_max = _chunk_logits(mk[:, :, start:stop], qk, sigma, (hq, wq))   # B,Pc,Q
             if blocked is not None:
                 cut = mem_blocked[:, start:stop, None] & query_blocked[:, None, :]
                 logits = logits.masked_fill(cut, -1e9)
-            chunk_max = logits.amax(dim=1)                                    # B,Q
+                chunk_max = None                                              # the cut moved it
+            if chunk_max is None:
+                chunk_max = logits.amax(dim=1)                                # B,Q
             if run_max is None:
                 new_max = chunk_max
             else:
@@ -271,7 +285,7 @@ def read_weights(mem_key: torch.Tensor, query_key: torch.Tensor, query_yx: tuple
         n_mem = mk.shape[2]
         step = chunk_size(1, hq * wq, n_mem, budget_bytes)
         # Logits of every memory position for this one query (the kernel needs all q for q̂).
-        logit = torch.cat([_chunk_logits(mk[:, :, s:s + step], qk, sigma, (hq, wq))[0, :, y * wq + x]
+        logit = torch.cat([_chunk_logits(mk[:, :, s:s + step], qk, sigma, (hq, wq))[0][0, :, y * wq + x]
                            for s in range(0, n_mem, step)])
         weights = torch.softmax(logit, dim=0)
     return weights.view(t, h, w)
@@ -292,7 +306,7 @@ def read_logits(mem_key: torch.Tensor, query_key: torch.Tensor, sigma: float | N
     with torch.autocast(mem_key.device.type, enabled=False), torch.no_grad():
         mk = mem_key.reshape(1, ck, -1).to(dtype)
         qk = query_key.reshape(1, ck, -1).to(dtype) * (1.0 / math.sqrt(ck))
-        return _chunk_logits(mk, qk, sigma, tuple(query_key.shape[1:]))[0]
+        return _chunk_logits(mk, qk, sigma, tuple(query_key.shape[1:]))[0][0]
 
 
 def sigma_label(sigma: float | None) -> str:

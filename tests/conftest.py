@@ -100,3 +100,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def hard_rows(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Random rows rounded to one decimal (many ties), and rows that are all ties, hold NaNs, are
+    all -inf, or hold +inf twice."""
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3).round(decimals=1)
+    x = x.to(dtype)
+    rows = x.reshape(-1, shape[-1])
+    rows[1] = 1.0
+    rows[2, 3] = rows[2, 1] = float("nan")
+    rows[3] = float("-inf")
+    rows[4, 2] = rows[4, 4] = float("inf")
+    rows[5, -1] = rows[5].max() + 1     # the maximum in the last column
+    return x
