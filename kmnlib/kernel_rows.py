@@ -132,13 +132,8 @@ def apply_kernel_(c: torch.Tensor, query_hw: tuple[int, int], sigma: float
     return qhat, col_max
 
 
-def _target_path() -> str:
-    lib = library()
-    return lib._name if lib is not None else ""
-
-
 if __name__ == "__main__":   # `make setup` builds it once, so a missing compiler shows there
-    path = _target_path()
-    print(f"kmnlib.kernel_rows: native kernel {path}" if path else
+    lib = library()
+    print(f"kmnlib.kernel_rows: native kernel {lib._name}" if lib is not None else
           f"kmnlib.kernel_rows: no native kernel ({_failed or 'KMN_NATIVE=0'}); the kernel read "
           f"takes its PyTorch path (same results, slower)")
