@@ -13,6 +13,7 @@ Two measurements, each printed as ratios from one run:
 
     python benchmarks/bench_memory_read.py --quick
     python benchmarks/bench_memory_read.py
+    python benchmarks/bench_memory_read.py --budgets 256 128 64 32   # time and RSS per chunk budget
     python benchmarks/bench_memory_read.py --before-after    # issue 10: the read before/after
     python benchmarks/bench_memory_read.py --before-after \
         --checkpoint results/mini/checkpoints/main_from_pretrain.pt     # ... and on a trained read
@@ -43,7 +44,7 @@ import torch
 from kmnlib import kernel_rows
 from kmnlib.argmax import argmax_last
 from kmnlib.denormals import flush_denormals
-from kmnlib.memory import exp_floor, memory_read
+from kmnlib.memory import chunk_size, exp_floor, memory_read
 
 GRID = (30, 54)       # 480p padded to 480x864, stride 16
 KEY_DIM, VALUE_DIM = 128, 512
@@ -343,6 +344,34 @@ def rss_sweep(ts: list[int]) -> None:
               f"{u['peak_mib']:>15.0f} {u['peak_mib'] - u['before_mib']:>11.0f}", flush=True)
 
 
+def budget_sweep(ts: list[int], budgets_mib: list[int], reps: int) -> None:
+    """KM read (σ=7) per chunk budget: time (interleaved, ratio to the first budget) and peak RSS
+    above the inputs (a fresh process per cell) — what a smaller ``read_budget_bytes`` costs."""
+    budgets = [mib * 2**20 for mib in budgets_mib]
+    print(f"\n== KM read per chunk budget, grid {GRID}, Ck={KEY_DIM}, Cv={VALUE_DIM}, 1 object; "
+          f"time: median of {reps} interleaved reps; RSS: fresh process per cell ==")
+    print(f"{'T':>4} {'budget MiB':>10} {'chunks':>6} {'ms':>8} {'ratio':>6} {'read extra MiB':>14}")
+    with torch.inference_mode():
+        memory_read(*_inputs(1), sigma=7.0)  # warm-up
+        for t in ts:
+            mk, mv, qk = _inputs(t)
+            times: list[list[float]] = [[] for _ in budgets]
+            for rep in range(reps):
+                order = list(enumerate(budgets))
+                for i, budget in (order if rep % 2 == 0 else order[::-1]):
+                    start = time.perf_counter()
+                    memory_read(mk, mv, qk, sigma=7.0, budget_bytes=budget)
+                    times[i].append(time.perf_counter() - start)
+            base = statistics.median(times[0])
+            n_mem, n_q = t * GRID[0] * GRID[1], GRID[0] * GRID[1]
+            for mib, budget, ts_ in zip(budgets_mib, budgets, times):
+                r = measure_rss(t, 7.0, budget)
+                chunks = -(-n_mem // chunk_size(1, n_q, n_mem, budget))
+                print(f"{t:>4} {mib:>10} {chunks:>6} {statistics.median(ts_) * 1e3:>8.1f} "
+                      f"{statistics.median(ts_) / base:>6.3f} {r['peak_mib'] - r['before_mib']:>14.0f}",
+                      flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         t, sigma, budget = sys.argv[2:5]
@@ -363,7 +392,14 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=22,
                     help="--checkpoint: the read of this many frames' last step (22: 5 memory frames)")
     ap.add_argument("--value-dim", type=int, default=128, help="--before-after: Cv (mini: 128)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=None, metavar="MIB",
+                    help="only: the KM read's time and peak RSS per chunk budget (MiB; the first is "
+                         "the ratios' base), at 10, 19 and 37 memory frames")
     args = ap.parse_args()
+    if args.budgets:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        budget_sweep([10, 19, 37], args.budgets, args.reps or 7)
+        return
     if args.before_after:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         time_exp()

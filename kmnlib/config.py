@@ -163,7 +163,10 @@ class InferenceConfig:
     precision: str = "fp32"
     # Working-memory budget of one chunk of the memory read's logits (kmnlib.memory.chunk_size):
     # the read processes memory positions in chunks that fit, so peak memory does not grow with T.
-    read_budget_bytes: int = 256 * 2**20
+    # 64 MiB: at 480p with 19-37 memory frames (ResNet-50 widths) a third of 256 MiB's working
+    # memory and ~15 % faster (benchmarks/bench_memory_read.py --budgets); a mini read at 240p
+    # still fits one chunk for every DAVIS-16 video, so the study's reads are unchanged.
+    read_budget_bytes: int = 64 * 2**20
 
 
 @dataclass(frozen=True)

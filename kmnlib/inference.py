@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,6 +27,17 @@ import torch.nn.functional as F
 from kmnlib.data.masks import VOID
 from kmnlib.memory_bank import MemoryBank, memory_schedule
 from kmnlib.model.ops import cell_coverage, pad_divide_by, soft_aggregate, unpad
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Frames produced when asked (e.g. read from disk), so a long video is never all in memory:
+    ``shape`` is (T,3,H,W) and ``source[t]`` frame ``t`` as a uint8 (3,H,W) tensor. Each frame is
+    asked for at most twice (segmented, then perhaps memorised at the next step)."""
+
+    shape: tuple[int, int, int, int]
+
+    def __getitem__(self, t: int) -> torch.Tensor: ...
 
 
 def _label_tensor(mask: Any, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -83,7 +94,7 @@ def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fg, other
 
 
-def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any, *,
+def segment_video(model: torch.nn.Module, frames: torch.Tensor | FrameSource, first_mask: Any, *,
                   sigma: float | None, mem_every: int,
                   trace: list[tuple[int, list[int]]] | None = None,
                   later_masks: Mapping[int, Any] | None = None,
@@ -92,9 +103,9 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Segment a video from its first-frame mask (semi-supervised VOS).
 
-    ``frames``: float (T,3,H,W) in [0,1], or uint8 (converted frame by frame) (any H, W: padded to
-    multiples of 16 inside, centred, and
-    cropped back). ``first_mask``: integer label map (H,W) (torch or numpy), ids 0..N with objects
+    ``frames``: float (T,3,H,W) in [0,1], or uint8 (converted frame by frame), or a
+    :class:`FrameSource` giving uint8 frames when asked (any H, W: padded to multiples of 16
+    inside, centred, and cropped back). ``first_mask``: integer label map (H,W) (torch or numpy), ids 0..N with objects
     1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells);
     ``mem_every`` the period of permanent memory frames (a profile's ``inference`` gives both).
     Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
@@ -111,13 +122,20 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor, first_mask: Any,
     (memorised mask > 0.5 over the cell) — e.g. a distractor's pixels, to tell a leak caused by
     the read from one the decoder makes on its own.
     """
-    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[1] != 3 \
-            or frames.shape[0] < 1 or not (frames.is_floating_point() or frames.dtype == torch.uint8):
-        raise ValueError("segment_video: frames must be a float tensor in [0,1] or a uint8 tensor, "
-                         "(T,3,H,W) with T >= 1, got "
-                         + (f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, torch.Tensor)
-                            else type(frames).__name__))
-    if frames.is_floating_point():
+    if isinstance(frames, torch.Tensor):
+        if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[0] < 1 \
+                or not (frames.is_floating_point() or frames.dtype == torch.uint8):
+            raise ValueError("segment_video: frames must be a float tensor in [0,1] or a uint8 "
+                             f"tensor, (T,3,H,W) with T >= 1, got {frames.dtype} {tuple(frames.shape)}")
+    elif isinstance(frames, FrameSource) and not isinstance(frames, np.ndarray):
+        if len(frames.shape) != 4 or frames.shape[1] != 3 or frames.shape[0] < 1:
+            raise ValueError(f"segment_video: a frame source's shape must be (T,3,H,W) with T >= 1, "
+                             f"got {tuple(frames.shape)}")
+    else:
+        raise ValueError("segment_video: frames must be a torch tensor (T,3,H,W), float in [0,1] "
+                         f"or uint8, or a FrameSource, got {type(frames).__name__} (a NumPy array: "
+                         "torch.from_numpy(...).permute(0, 3, 1, 2) for (T,H,W,3))")
+    if isinstance(frames, torch.Tensor) and frames.is_floating_point():
         finite = torch.isfinite(frames).flatten(1).all(dim=1)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()
@@ -226,10 +244,19 @@ class _ProbStore:
         return (self.all, labels_from_probs(self.all)) if self.keep else (None, self.labels)
 
 
-def _frame(frames: torch.Tensor, t: int, device: torch.device) -> torch.Tensor:
+def _frame(frames: torch.Tensor | FrameSource, t: int, device: torch.device) -> torch.Tensor:
     """Frame ``t`` as float in [0,1] on ``device`` (uint8 videos are converted one frame at a time,
     so a long video costs a quarter of the memory of a float one)."""
-    frame = frames[t].to(device)
+    frame = frames[t]
+    if not isinstance(frames, torch.Tensor):
+        expect = (3, *frames.shape[2:])
+        if not (isinstance(frame, torch.Tensor) and frame.dtype == torch.uint8
+                and tuple(frame.shape) == expect):
+            got = (f"{frame.dtype} {tuple(frame.shape)}" if isinstance(frame, torch.Tensor)
+                   else type(frame).__name__)
+            raise ValueError(f"segment_video: frame {t} of the frame source must be a uint8 "
+                             f"tensor {expect}, got {got}")
+    frame = frame.to(device)
     return frame.float().div_(255.0) if frame.dtype == torch.uint8 else frame
 
 

@@ -26,6 +26,36 @@ from kmnlib.model.ops import resize_frames, resize_labels
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+class _DiskFrames:
+    """Frames ``start…`` of ``seq`` as a :class:`~kmnlib.inference.FrameSource`: each read from disk
+    (and resized to ``height`` rows, as :func:`~kmnlib.model.ops.resize_frames` does) when
+    segment_video asks, the last two kept — it asks for a frame to segment it and, at the next
+    step, to memorise it. ``read_seconds`` sums the time spent reading, which run_dataset's
+    timings exclude. Holding all of a 180-frame 480p video was 0.22 GiB
+    (benchmarks/bench_memory_ceiling.py)."""
+
+    def __init__(self, seq: VideoSequence, start: int, height: int | None) -> None:
+        self.seq, self.start, self.height = seq, start, height
+        self._recent: dict[int, torch.Tensor] = {}
+        self.read_seconds = 0.0
+        self.shape = (len(seq) - start, 3, *self[0].shape[-2:])
+        self.read_seconds = 0.0   # frame 0 was read before run_dataset's clock starts
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        if t not in self._recent:
+            began = time.perf_counter()
+            frame = torch.from_numpy(self.seq.load_frames([self.start + t])).permute(0, 3, 1, 2)
+            if self.height is not None:
+                frame = resize_frames(frame, self.height)
+            self._recent = {k: v for k, v in self._recent.items() if k == t - 1}
+            self._recent[t] = frame[0]
+            self.read_seconds += time.perf_counter() - began
+        return self._recent[t]
+
+
 def _resized_labels(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Label maps (T,H',W') of (T,C,H,W) probabilities resized bilinearly to ``size`` = (H',W').
 
@@ -113,10 +143,8 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
     for name in names:
         seq = dataset[name]
         first_frame, given, ids = _given_masks(seq)
-        # uint8 throughout: segment_video converts one frame at a time (1/4 the memory).
-        frames = torch.from_numpy(seq.load_frames(range(first_frame, len(seq)))).permute(0, 3, 1, 2)
-        if infer_height is not None:
-            frames = resize_frames(frames, infer_height)
+        # Read from disk as segment_video asks, uint8: a long video is never all in memory.
+        frames = _DiskFrames(seq, first_frame, infer_height)
         if infer_height is not None:
             for f, m in given.items():
                 small = resize_labels(m, tuple(frames.shape[-2:]))
@@ -143,7 +171,7 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
             probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
                                           mem_every=mem_every, later_masks=later, oracle=blocked,
                                           keep_probs=resize)
-        timings[seq.name] = (time.perf_counter() - start) / len(frames)
+        timings[seq.name] = (time.perf_counter() - start - frames.read_seconds) / len(frames)
         if report is not None:
             report(f"{len(timings)}/{len(names)} {seq.name}: {len(frames)} frames, "
                    f"{timings[seq.name]:.3f} s/frame")
@@ -151,8 +179,10 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
             labels = _resized_labels(probs, size)
         if first_frame:
             labels = torch.cat([labels.new_zeros(first_frame, *size), labels])
-        back = torch.tensor([0] + ids, dtype=torch.uint8)   # 1..N → the dataset's object ids
-        out_labels = back[labels.long()].numpy()
+        # 1..N → the dataset's object ids, one frame at a time: the whole video as int64 indices
+        # was 8× the labels (0.55 GiB at 180 frames of 480p) and the run's peak memory
+        # (benchmarks/bench_memory_ceiling.py).
+        back = np.array([0] + ids, dtype=np.uint8)
         for i, path in enumerate(seq.frame_paths):
-            write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", out_labels[i])
+            write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", back[labels[i].numpy()])
     return timings

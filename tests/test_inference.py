@@ -270,6 +270,59 @@ def test_bad_frames_error(lite_model):
         segment_video(lite_model, frames[0], mask, sigma=7.0, mem_every=5)
 
 
+class _ListFrames:
+    """A FrameSource over a list of uint8 (3,H,W) tensors that records what was asked for."""
+
+    def __init__(self, frames: list[torch.Tensor]) -> None:
+        self.frames, self.asked = frames, []
+        self.shape = (len(frames), 3, *frames[0].shape[-2:])
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        self.asked.append(t)
+        return self.frames[t]
+
+
+def test_frame_source_same_as_tensor(lite_model):
+    frames, mask = _clip(7)
+    frames_u8 = (frames * 255).round().to(torch.uint8)
+    source = _ListFrames(list(frames_u8))
+    two = _two_objects(mask)
+    p_tensor, l_tensor = segment_video(lite_model, frames_u8, two, sigma=7.0, mem_every=3)
+    p_source, l_source = segment_video(lite_model, source, two, sigma=7.0, mem_every=3)
+    assert torch.equal(p_tensor, p_source) and torch.equal(l_tensor, l_source)
+    # Every frame but the first is segmented once; each frame is memorised at most once, right
+    # after it was segmented (so a reader that keeps the last two frames reads each frame once).
+    assert sorted(set(source.asked)) == list(range(7)) and len(source.asked) <= 2 * 7
+    for i, t in enumerate(source.asked[1:], start=1):
+        assert t >= max(source.asked[:i]) - 1
+
+
+def test_frame_source_bad_frame_errors(lite_model):
+    frames, mask = _clip(3)
+    good = list((frames * 255).round().to(torch.uint8))
+    for bad, match in ((good[2].float(), "frame 2 .*uint8"), (good[2][:, 1:], r"frame 2 .*\(3, ")):
+        with pytest.raises(ValueError, match=match):
+            segment_video(lite_model, _ListFrames(good[:2] + [bad]), mask, sigma=7.0, mem_every=5)
+    with pytest.raises(ValueError, match="T,3,H,W"):
+        segment_video(lite_model, frames.numpy(), mask, sigma=7.0, mem_every=5)
+
+
+def test_disk_frames_match_eager_load(monkeypatch):
+    from kmnlib import predict
+    from kmnlib.model.ops import resize_frames
+
+    seq = DAVISDataset(DAVIS16, year="2016", split="train", resolution="240p")["bear"]
+    eager = resize_frames(torch.from_numpy(seq.load_frames(range(2, 8))).permute(0, 3, 1, 2), 100)
+    reads, load = [], type(seq).load_frames
+    monkeypatch.setattr(type(seq), "load_frames",
+                        lambda self, idx: reads.append(list(idx)) or load(self, idx))
+    disk = predict._DiskFrames(seq, 2, 100)
+    assert disk.shape == (len(seq) - 2, *eager.shape[1:]) and len(disk) == len(seq) - 2
+    for t in [0, 0, 1, 0, 1, 2, 1, 2, 3, 4, 5]:   # segment_video's order: memorise t-1, segment t
+        assert torch.equal(disk[t], eager[t])
+    assert reads == [[2], [3], [4], [5], [6], [7]]    # each frame read once
+
+
 def test_run_dataset_writes_pngs(lite_model, tmp_path):
     full = DAVISDataset(DAVIS16, year="2016", split="train", resolution="240p")["bear"]
     seq = VideoSequence(name="bear", frame_paths=full.frame_paths[:4], mask_paths=full.mask_paths[:4],

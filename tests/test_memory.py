@@ -177,3 +177,26 @@ def test_logits_far_below_the_best_are_read_exactly(sigma):
     got = memory_read(mk.float(), mv.float(), qk.float(), sigma=sigma)
     torch.testing.assert_close(got[0].double(), reference_read(mk[0], mv[0], qk[0], sigma),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_study_reads_fit_one_chunk():
+    """The default chunk budget leaves the mini study's reads whole: at its inference height every
+    DAVIS-16 val video's largest memory (STM's schedule), even with two objects (the pair videos),
+    is one chunk — so the budget does not touch the study's numbers (kmnlib/config.py)."""
+    from kmnlib.config import FEATURE_STRIDE, MINI, resolve_data_root
+    from kmnlib.data.davis import DAVISDataset
+    from kmnlib.memory_bank import memory_schedule
+
+    root = resolve_data_root() / "DAVIS-2016"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    inf = MINI.inference
+    h = inf.infer_height
+    cells = math.ceil(h / FEATURE_STRIDE) * math.ceil(round(854 * h / 480) / FEATURE_STRIDE)
+    val = DAVISDataset(root, year="2016", split="val", resolution="480p")
+    longest = max(len(val[name]) for name in val.names)
+    assert longest >= 100  # the real split (its longest video has 104 frames)
+    positions = len(memory_schedule(longest, inf.mem_every)[-1]) * cells
+    assert chunk_size(2, cells, positions, inf.read_budget_bytes) == positions
+    # ... and a budget a quarter of the default would have split them.
+    assert chunk_size(2, cells, positions, inf.read_budget_bytes // 4) < positions
