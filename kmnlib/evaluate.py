@@ -98,6 +98,9 @@ def _read_result(path: Path, gt_shape: tuple[int, int], gt_path: Path, resize: b
     return labels
 
 
+_FRAMES_PER_BLOCK = 16
+
+
 def evaluate_sequence(davis_root: str | os.PathLike, results_dir: str | os.PathLike, sequence: str,
                       year: str = "2016", resolution: str = "480p",
                       resize_results: bool = False) -> list[ObjectScores]:
@@ -120,25 +123,32 @@ def evaluate_sequence(davis_root: str | os.PathLike, results_dir: str | os.PathL
     n_objects = 1 if single else int(np.max(np.where(first == VOID, 0, first)))
     object_ids = list(range(1, n_objects + 1))
     eval_paths = gt_paths[1:-1]  # semi-supervised protocol: drop the first and the last frame
-    gt_list = [read_label_map(p, binary=binary) for p in eval_paths]
-    for p, g in zip(eval_paths, gt_list):
-        if g.shape != first.shape:
-            raise ValueError(f"{p}: ground-truth size {g.shape[1]}x{g.shape[0]} differs from the "
-                             f"first frame's {first.shape[1]}x{first.shape[0]}")
-    gt = np.stack(gt_list)
     res_dir = Path(results_dir) / sequence
-    res = np.stack([_read_result(res_dir / p.name, first.shape, p, resize_results, n_objects)
-                    for p in eval_paths])
-    void = gt == VOID
-    void = void if void.any() else None
+    j: dict[int, list[np.ndarray]] = {k: [] for k in object_ids}
+    f: dict[int, list[np.ndarray]] = {k: [] for k in object_ids}
+    # A block of frames at a time: J and F are per frame, and a long video's masks, stacked whole,
+    # were most of an evaluation's memory (benchmarks/bench_memory_ceiling.py --phases).
+    for start in range(0, len(eval_paths), _FRAMES_PER_BLOCK):
+        block = eval_paths[start:start + _FRAMES_PER_BLOCK]
+        gt_list = [read_label_map(p, binary=binary) for p in block]
+        for p, g in zip(block, gt_list):
+            if g.shape != first.shape:
+                raise ValueError(f"{p}: ground-truth size {g.shape[1]}x{g.shape[0]} differs from "
+                                 f"the first frame's {first.shape[1]}x{first.shape[0]}")
+        gt = np.stack(gt_list)
+        del gt_list
+        res = np.stack([_read_result(res_dir / p.name, first.shape, p, resize_results, n_objects)
+                        for p in block])
+        void = gt == VOID
+        void = void if void.any() else None
+        for k in object_ids:
+            gt_k = ((gt != 0) & (gt != VOID)) if single else gt == k
+            res_k = res == k
+            j[k].append(np.atleast_1d(jaccard(gt_k, res_k, void)))
+            f[k].append(np.atleast_1d(boundary_f(gt_k, res_k, void)))
     frames = [p.stem for p in eval_paths]
-    scores = []
-    for k in object_ids:
-        gt_k = ((gt != 0) & (gt != VOID)) if single else gt == k
-        res_k = res == k
-        scores.append(ObjectScores(sequence, k, frames, np.atleast_1d(jaccard(gt_k, res_k, void)),
-                                   np.atleast_1d(boundary_f(gt_k, res_k, void))))
-    return scores
+    return [ObjectScores(sequence, k, frames, np.concatenate(j[k]), np.concatenate(f[k]))
+            for k in object_ids]
 
 
 def _evaluate_one(args: tuple) -> list[ObjectScores]:

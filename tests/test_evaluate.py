@@ -77,6 +77,24 @@ def test_perturbed_results_score_below_one(davis_root, tmp_path):
     assert obj.j[4] == jaccard(gt5, res5) and obj.f[4] == boundary_f(gt5, res5)
 
 
+
+def test_blocks_of_frames_give_the_whole_sequence_scores(davis_root, tmp_path, monkeypatch):
+    # evaluate_sequence reads a block of frames at a time (memory); J and F are per frame, so the
+    # scores must not depend on the block size — frame-varying results, blocks of 3, 16 and all.
+    import kmnlib.evaluate as ev
+
+    res = tmp_path / "res"
+    _write_results(davis_root, res, SEQS[0], lambda t, m: np.roll(m, 3 * t - 40, axis=1))
+    scores = {}
+    for block in (3, 16, 10**6):
+        monkeypatch.setattr(ev, "_FRAMES_PER_BLOCK", block)
+        (scores[block],) = evaluate_sequence(davis_root, res, SEQS[0], "2016")
+    for block in (3, 16):
+        assert scores[block].frames == scores[10**6].frames
+        assert np.array_equal(scores[block].j, scores[10**6].j)
+        assert np.array_equal(scores[block].f, scores[10**6].f)
+    assert len(set(np.round(scores[16].j, 6))) > 10   # the scores do vary frame to frame
+
 def test_missing_frame_is_named(davis_root, tmp_path, capsys):
     res = tmp_path / "res"
     paths = _write_results(davis_root, res, SEQS[0])
