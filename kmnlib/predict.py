@@ -31,7 +31,7 @@ class _DiskFrames:
     (and resized to ``height`` rows, as :func:`~kmnlib.model.ops.resize_frames` does) when
     segment_video asks, the last two kept — it asks for a frame to segment it and, at the next
     step, to memorise it. ``read_seconds`` sums the time spent reading, which run_dataset's
-    timings exclude. Holding all of a 180-frame 480p video was 0.22 GiB
+    timings exclude. Holding all of a 180-frame 480p video was 0.21 GiB
     (benchmarks/bench_memory_ceiling.py)."""
 
     def __init__(self, seq: VideoSequence, start: int, height: int | None) -> None:
