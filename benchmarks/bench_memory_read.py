@@ -100,15 +100,9 @@ def time_reads(ts: list[int], reps: int) -> None:
         memory_read(*_inputs(1), sigma=7.0)  # warm-up
         for t in ts:
             mk, mv, qk = _inputs(t)
-            times: dict[str, list[float]] = {"stm": [], "km": []}
-            for rep in range(reps):
-                order = [("stm", None), ("km", 7.0)]
-                for name, sigma in (order if rep % 2 == 0 else order[::-1]):
-                    start = time.perf_counter()
-                    memory_read(mk, mv, qk, sigma=sigma)
-                    times[name].append(time.perf_counter() - start)
-            stm, km = statistics.median(times["stm"]), statistics.median(times["km"])
-            print(f"{t:>4} {stm * 1e3:>9.1f} {km * 1e3:>9.1f} {km / stm:>7.3f}", flush=True)
+            ms = _interleaved_ms({"stm": lambda: memory_read(mk, mv, qk, sigma=None),
+                                  "km": lambda: memory_read(mk, mv, qk, sigma=7.0)}, reps)
+            print(f"{t:>4} {ms['stm']:>9.1f} {ms['km']:>9.1f} {ms['km'] / ms['stm']:>7.3f}", flush=True)
 
 
 @contextlib.contextmanager
@@ -154,6 +148,18 @@ def _median_ms(fn: Any, reps: int) -> float:
     return statistics.median(ts) * 1e3
 
 
+def _interleaved_ms(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Median wall time in ms of each of ``fns`` over ``reps`` rounds, one call of each per round,
+    the order reversed every other round (so drift of this VM falls on all of them alike)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for rep in range(reps):
+        for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def _compare_reads(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, reps: int
                    ) -> dict[str, tuple[float, float, float]]:
     """read → (before ms, after ms, max|Δ|) for STM's read and KM σ=7, before/after interleaved."""
@@ -162,14 +168,8 @@ def _compare_reads(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, reps: i
         fns = {"before": lambda: read_before(mk, mv, qk, sigma),
                "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
         out = {k: f() for k, f in fns.items()}   # warm-up, and the outputs compared
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for rep in range(reps):
-            for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
-                start = time.perf_counter()
-                fns[k]()
-                times[k].append(time.perf_counter() - start)
-        rows[label] = (statistics.median(times["before"]) * 1e3, statistics.median(times["after"]) * 1e3,
-                       float((out["before"] - out["after"]).abs().max()))
+        ms = _interleaved_ms(fns, reps)
+        rows[label] = (ms["before"], ms["after"], float((out["before"] - out["after"]).abs().max()))
     return rows
 
 
@@ -355,21 +355,14 @@ def budget_sweep(ts: list[int], budgets_mib: list[int], reps: int) -> None:
         memory_read(*_inputs(1), sigma=7.0)  # warm-up
         for t in ts:
             mk, mv, qk = _inputs(t)
-            times: list[list[float]] = [[] for _ in budgets]
-            for rep in range(reps):
-                order = list(enumerate(budgets))
-                for i, budget in (order if rep % 2 == 0 else order[::-1]):
-                    start = time.perf_counter()
-                    memory_read(mk, mv, qk, sigma=7.0, budget_bytes=budget)
-                    times[i].append(time.perf_counter() - start)
-            base = statistics.median(times[0])
+            ms = _interleaved_ms({mib: (lambda b=budget: memory_read(mk, mv, qk, sigma=7.0, budget_bytes=b))
+                                  for mib, budget in zip(budgets_mib, budgets)}, reps)
             n_mem, n_q = t * GRID[0] * GRID[1], GRID[0] * GRID[1]
-            for mib, budget, ts_ in zip(budgets_mib, budgets, times):
+            for mib, budget in zip(budgets_mib, budgets):
                 r = measure_rss(t, 7.0, budget)
                 chunks = -(-n_mem // chunk_size(1, n_q, n_mem, budget))
-                print(f"{t:>4} {mib:>10} {chunks:>6} {statistics.median(ts_) * 1e3:>8.1f} "
-                      f"{statistics.median(ts_) / base:>6.3f} {r['peak_mib'] - r['before_mib']:>14.0f}",
-                      flush=True)
+                print(f"{t:>4} {mib:>10} {chunks:>6} {ms[mib]:>8.1f} {ms[mib] / ms[budgets_mib[0]]:>6.3f} "
+                      f"{r['peak_mib'] - r['before_mib']:>14.0f}", flush=True)
 
 
 def main() -> None:
