@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
-	$(PY) -m kmnlib.kernel_rows
+	$(PY) -m kmnlib.read_backends.native
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kmnlib.config import ModelConfig
-from kmnlib.memory import memory_read
+from kmnlib.memory import LogitStats, memory_read
 from kmnlib.model.backbones import Trunk, build_trunk, input_normalisation
 
 
@@ -195,13 +195,15 @@ class KMN(nn.Module):
 
     def segment(self, query_key: torch.Tensor, query_value: torch.Tensor, f8: torch.Tensor,
                 f4: torch.Tensor, mem_key: torch.Tensor, mem_value: torch.Tensor,
-                sigma: float | None = None,
-                blocked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Foreground probability (N,H,W) of N objects, one memory per object (batch of memory).
+                sigma: float | None = None, stats: LogitStats | None = None) -> torch.Tensor:
+        """Foreground probability (N,H,W) of N objects, one memory per object (batch of memory):
+        the reference read (:func:`kmnlib.memory.memory_read`), then the decoder — the training
+        step's forward. (Video inference runs the same steps in
+        :class:`kmnlib.propagation.Propagator`, with its read backend and analysis hooks.)
 
         Query tensors have batch 1 (broadcast to N) or N; ``mem_key`` (N,Ck,T,h,w),
         ``mem_value`` (N,Cv,T,h,w). ``sigma=None`` is STM's read, a float KMN's kernel width;
-        ``blocked`` an oracle intervention in the read (:func:`kmnlib.memory.memory_read`).
+        ``stats`` collects the read's logit scale.
         """
         n = mem_key.shape[0]
         if mem_key.dim() != 5 or mem_value.dim() != 5 or mem_value.shape[0] != n:
@@ -214,7 +216,7 @@ class KMN(nn.Module):
             return t.expand(n, -1, -1, -1)
 
         qk, qv, f8, f4 = expand(query_key), expand(query_value), expand(f8), expand(f4)
-        readout = memory_read(mem_key, mem_value, qk, sigma=sigma, blocked=blocked)
+        readout = memory_read(mem_key, mem_value, qk, sigma=sigma, stats=stats)
         logits = self.decode(readout, qv, f8, f4)
         return F.softmax(logits, dim=1)[:, 1]
 

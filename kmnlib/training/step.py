@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from kmnlib.config import FEATURE_STRIDE
 from kmnlib.data.masks import VOID
+from kmnlib.memory import LogitStats
 from kmnlib.model.ops import soft_aggregate
 
 
@@ -39,12 +40,14 @@ def _object_masks(labels: torch.Tensor, clip_of: torch.Tensor, obj_id: torch.Ten
 
 
 def clip_logits(model: nn.Module, frames: torch.Tensor, masks: torch.Tensor, num_objects: Sequence[int] |
-                torch.Tensor, *, sigma: float | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                torch.Tensor, *, sigma: float | None = None, stats: LogitStats | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """STM's training forward for a batch of 3-frame clips.
 
     frames (B,3,3,H,W) in [0,1], masks (B,3,H,W) ids 0..K_b (255 void; only frame 0 is read),
     num_objects (B,) → (logits of frame 1, logits of frame 2): lists over clips of (K_b+1,H,W)
     soft-aggregated logits (softmax over dim 0 = probabilities). H, W: multiples of FEATURE_STRIDE.
+    ``stats`` collects the reads' logit scale.
     """
     b, t, _, h, w = frames.shape
     if t != 3 or masks.shape[:2] != (b, 3):
@@ -65,7 +68,7 @@ def clip_logits(model: nn.Module, frames: torch.Tensor, masks: torch.Tensor, num
         # One segment call for every (clip, object): each object row gets its clip's query features.
         # Batching across clips is ~2x faster on CPU than one call per clip.
         qk, qv, f8, f4 = (t[clip_of] for t in query)
-        fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma)     # (sumK,H,W)
+        fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma, stats=stats)  # (sumK,H,W)
         return [soft_aggregate(fg[bounds[i]:bounds[i + 1]]) for i in range(b)]
 
     m0, o0 = _object_masks(masks[:, 0], clip_of, obj_id, ks)
@@ -99,13 +102,13 @@ def clip_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: st
     return ce.sum() / valid
 
 
-def clip_losses(model: nn.Module, batch: dict[str, Any], *, sigma: float | None = None
-                ) -> dict[str, torch.Tensor]:
+def clip_losses(model: nn.Module, batch: dict[str, Any], *, sigma: float | None = None,
+                stats: LogitStats | None = None) -> dict[str, torch.Tensor]:
     """Mean per-pixel cross-entropy of frames 1 and 2 over the batch: dict(loss_f1, loss_f2, loss)."""
     frames, masks = batch["frames"], batch["masks"]
     ks = [int(k) for k in batch["num_objects"]]
     _check_labels(masks, ks)
-    logits1, logits2 = clip_logits(model, frames, masks, ks, sigma=sigma)
+    logits1, logits2 = clip_logits(model, frames, masks, ks, sigma=sigma, stats=stats)
     f1 = torch.stack([clip_cross_entropy(lg, masks[i, 1]) for i, lg in enumerate(logits1)]).mean()
     f2 = torch.stack([clip_cross_entropy(lg, masks[i, 2]) for i, lg in enumerate(logits2)]).mean()
     return {"loss_f1": f1, "loss_f2": f2, "loss": f1 + f2}
@@ -119,9 +122,10 @@ class StepModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frames: torch.Tensor, masks: torch.Tensor, num_objects: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = clip_losses(self.model, {"frames": frames, "masks": masks, "num_objects": num_objects})
+    def forward(self, frames: torch.Tensor, masks: torch.Tensor, num_objects: torch.Tensor,
+                stats: LogitStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = clip_losses(self.model, {"frames": frames, "masks": masks, "num_objects": num_objects},
+                          stats=stats)
         return out["loss_f1"], out["loss_f2"]
 
 
@@ -135,9 +139,10 @@ def _all_ranks_any(flag: bool, device: torch.device) -> bool:
 
 
 def train_step(step_module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               batch: dict[str, Any], *, step: int, device: torch.device, amp: bool = False
-               ) -> dict[str, float]:
-    """One optimisation step on a collated batch; returns the float losses.
+               batch: dict[str, Any], *, step: int, device: torch.device, amp: bool = False,
+               stats: LogitStats | None = None) -> dict[str, float]:
+    """One optimisation step on a collated batch; returns the float losses (``stats`` collects
+    the reads' logit scale).
 
     Raises :class:`TrainingDiverged` (before touching the weights) when a loss is NaN/inf, and — without
     AMP, where no scaler skips bad steps — when the gradient norm is.
@@ -147,7 +152,7 @@ def train_step(step_module: nn.Module, optimizer: torch.optim.Optimizer, scaler:
     nobj = torch.as_tensor(batch["num_objects"])
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-        f1, f2 = step_module(frames, masks, nobj)
+        f1, f2 = step_module(frames, masks, nobj, stats=stats)
     losses = {"loss_f1": f1, "loss_f2": f2}
     bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).item()]
     if _all_ranks_any(bool(bad), device):

@@ -1,18 +1,21 @@
-"""KMN's Gaussian kernel on a chunk of read logits in one native pass per memory row (CPU, float32).
+"""The ``native`` read backend: KMN's Gaussian kernel on a chunk of read logits in one compiled pass
+per memory row (CPU, float32).
 
 The kernel's work on the logits ``c`` (B, Pc, h·w) is ``q̂(p) = argmax_q c(p,q)`` and the addition of
-``log g_y(p, y) + log g_x(p, x)``; the read's softmax then needs ``c.amax(dim=1)``. In PyTorch that
-is four passes over the whole chunk (arg-max, two broadcast additions, amax), each streaming tens of
-MB at 480p, and at this CPU's memory bandwidth a pass costs milliseconds (benchmarks/README.md).
-``native/kernel_rows.c`` does all four on one row while it sits in L1, with the same arithmetic in
-the same order, so its floats are PyTorch's (``tests/test_kernel_rows.py``); the rows are shared
-among PyTorch's own OpenMP threads.
+``log g_y(p, y) + log g_x(p, x)``; the read's softmax then needs ``c.amax(dim=1)``. In PyTorch
+(:func:`kmnlib.memory.gaussian_kernel`, the reference) that is four passes over the whole chunk
+(arg-max, two broadcast additions, amax), each streaming tens of MB at 480p, and at this CPU's
+memory bandwidth a pass costs milliseconds (benchmarks/README.md). ``kernel_rows.c`` does all four
+on one row while it sits in L1, with the same arithmetic in the same order, so its floats are the
+reference's (``tests/test_read_backends.py``); the rows are shared among PyTorch's own OpenMP
+threads. Where it does not apply (CUDA, float64, autograd, no C compiler) :func:`gaussian_kernel`
+is the reference's.
 
 The C file is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into a cache
 directory (``$KMN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/kmn-study`` or ``~/.cache/kmn-study``), keyed
-by the source, the compiler and the CPU; ``make setup`` builds it (``python -m kmnlib.kernel_rows``).
-Without a compiler — or with ``KMN_NATIVE=0`` — :func:`apply_kernel_` returns ``None`` and the read
-takes its PyTorch path: the same results, slower (one warning says why).
+by the source, the compiler and the CPU; ``make setup`` builds it
+(``python -m kmnlib.read_backends.native``). Without a compiler one warning says so and the read
+takes the reference's arithmetic: the same results, slower.
 """
 from __future__ import annotations
 
@@ -28,10 +31,12 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native") / "kernel_rows.c"
+from kmnlib.memory import gaussian_kernel as reference_kernel
+
+SOURCE = Path(__file__).with_name("kernel_rows.c")
 # No -ffast-math: it would reassociate (c + gy) + gx and the results would no longer be PyTorch's.
 # -fopenmp: the library's libgomp.so.1 resolves to the one PyTorch already loaded (same soname), so
-# the rows run on PyTorch's own OpenMP threads (tests/test_kernel_rows.py checks there is one).
+# the rows run on PyTorch's own OpenMP threads (tests/test_read_backends.py checks there is one).
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 
 PARALLEL_MIN_ELEMENTS = 1 << 16
@@ -86,18 +91,17 @@ def _build() -> ctypes.CDLL:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel (built on first use), or None where it cannot be built or is turned off."""
+    """The compiled kernel (built on first use), or None where it cannot be built."""
     global _loaded, _failed
-    if os.environ.get("KMN_NATIVE", "1") == "0":
-        return None
     if _loaded is None and _failed is None:
         try:
             _loaded = _build()
         except (OSError, subprocess.SubprocessError, RuntimeError) as err:
             _failed = str(err)
-            warnings.warn(f"kmnlib.kernel_rows: the native kernel could not be built ({_failed}); the "
-                          f"kernel read uses its PyTorch path (same results, slower). Install a C "
-                          f"compiler (cc) or set KMN_NATIVE=0 to silence this.", RuntimeWarning,
+            warnings.warn(f"kmnlib.read_backends.native: the native kernel could not be built "
+                          f"({_failed}); the kernel read uses the reference's arithmetic (same "
+                          f"results, slower). Install a C compiler (cc), or choose "
+                          f"inference.read_backend='torch' to silence this.", RuntimeWarning,
                           stacklevel=3)
     return _loaded
 
@@ -132,8 +136,19 @@ def apply_kernel_(c: torch.Tensor, query_hw: tuple[int, int], sigma: float
     return qhat, col_max
 
 
+def gaussian_kernel(c: torch.Tensor, query_hw: tuple[int, int], sigma: float
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`kmnlib.memory.gaussian_kernel` (a :data:`kmnlib.memory.Kernel`) in one native pass
+    where it applies, returning the column maximum as well; elsewhere the reference itself."""
+    if not (torch.is_grad_enabled() and c.requires_grad):
+        native = apply_kernel_(c, query_hw, sigma)
+        if native is not None:
+            return c, native[1]
+    return reference_kernel(c, query_hw, sigma)
+
+
 if __name__ == "__main__":   # `make setup` builds it once, so a missing compiler shows there
     lib = library()
-    print(f"kmnlib.kernel_rows: native kernel {lib._name}" if lib is not None else
-          f"kmnlib.kernel_rows: no native kernel ({_failed or 'KMN_NATIVE=0'}); the kernel read "
-          f"takes its PyTorch path (same results, slower)")
+    print(f"kmnlib.read_backends.native: native kernel {lib._name}" if lib is not None else
+          f"kmnlib.read_backends.native: no native kernel ({_failed}); the kernel read takes the "
+          f"reference's arithmetic (same results, slower)")
