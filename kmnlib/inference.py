@@ -6,7 +6,8 @@ previous frame ``t-1`` is memorised with its own soft prediction; frames 0, ``me
 ``2·mem_every``, … stay in memory for good, other previous frames only for the next step
 (:func:`kmnlib.memory_bank.memory_schedule`, held by a :class:`kmnlib.memory_bank.MemoryBank`).
 Each memorised frame is encoded once. Objects are a batch; their foreground probabilities are
-merged by STM's soft aggregation. Dataset-level prediction (files, resizing) is
+merged by STM's soft aggregation. One step of this is :class:`kmnlib.propagation.Propagator`;
+:func:`segment_video` drives it over a video. Dataset-level prediction (files, resizing) is
 :mod:`kmnlib.predict`.
 
 Objects that first appear mid-video (YouTube-VOS) are given as ``later_masks``: an object takes no
@@ -17,23 +18,24 @@ publish theirs).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from kmnlib.config import InferenceConfig
 from kmnlib.data.masks import VOID
-from kmnlib.memory_bank import MemoryBank, memory_schedule
-from kmnlib.model.ops import cell_coverage, pad_divide_by, soft_aggregate, unpad
+from kmnlib.memory_bank import memory_schedule
+from kmnlib.propagation import Hooks, Propagator
+from kmnlib.read_backends import kernel_for
 
 
 @runtime_checkable
 class FrameSource(Protocol):
     """Frames produced when asked (e.g. read from disk), so a long video is never all in memory:
     ``shape`` is (T,3,H,W) and ``source[t]`` frame ``t`` as a uint8 (3,H,W) tensor. Each frame is
-    asked for at most twice (segmented, then perhaps memorised at the next step)."""
+    asked for once, in order."""
 
     shape: tuple[int, int, int, int]
 
@@ -86,42 +88,11 @@ def _check_masks(first_mask: Any, later_masks: Mapping[int, Any] | None, num_fra
     return first, later, appear
 
 
-def _memory_masks(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N+1,H,W) probabilities → per-object mask (N,H,W) and union of the other objects (N,H,W)."""
-    fg = probs[1:]
-    # Σ_{o'≠o, o'≥1} p_o' = (Σ_all objects) − p_o, clamped as the official memorize does.
-    other = (fg.sum(dim=0, keepdim=True) - fg).clamp_(0.0, 1.0)
-    return fg, other
-
-
-def segment_video(model: torch.nn.Module, frames: torch.Tensor | FrameSource, first_mask: Any, *,
-                  sigma: float | None, mem_every: int,
-                  trace: list[tuple[int, list[int]]] | None = None,
-                  later_masks: Mapping[int, Any] | None = None,
-                  oracle: Callable[[int], torch.Tensor] | None = None,
-                  keep_probs: bool = True
-                  ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Segment a video from its first-frame mask (semi-supervised VOS).
-
-    ``frames``: float (T,3,H,W) in [0,1], or uint8 (converted frame by frame), or a
-    :class:`FrameSource` giving uint8 frames when asked (any H, W: padded to multiples of 16
-    inside, centred, and cropped back). ``first_mask``: integer label map (H,W) (torch or numpy), ids 0..N with objects
-    1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's kernel width (feature cells);
-    ``mem_every`` the period of permanent memory frames (a profile's ``inference`` gives both).
-    Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
-    given mask one-hot) and uint8 label maps (T,H,W). ``keep_probs=False`` returns ``(None, labels)``
-    and holds probabilities only of the frames the memory has yet to encode, so memory no longer
-    grows with T·(N+1)·H·W floats (the labels are the same). If ``trace`` is a list, ``(t, frames in
-    memory)`` is appended for every segmented frame — what was actually read, for inspection.
-    ``later_masks`` ``{t: label map}`` gives objects that first appear at frame ``t`` (ids continue
-    the first mask's, 1..N over all masks); only the objects new at ``t`` are taken from it, the
-    others keep their prediction.
-
-    ``oracle`` (an analysis intervention, not the method): ``oracle(t)`` gives a bool (H,W) map of
-    frame ``t``; query cells mostly inside it read nothing from memory cells that hold the object
-    (memorised mask > 0.5 over the cell) — e.g. a distractor's pixels, to tell a leak caused by
-    the read from one the decoder makes on its own.
-    """
+def check_inputs(frames: Any, first_mask: Any, later_masks: Mapping[int, Any] | None,
+                 sigma: float | None, mem_every: int
+                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, int]]:
+    """:func:`segment_video`'s inputs checked, with one-line errors: (first label map (H,W),
+    {t: later label map}, {object: first frame})."""
     if isinstance(frames, torch.Tensor):
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[0] < 1 \
                 or not (frames.is_floating_point() or frames.dtype == torch.uint8):
@@ -151,94 +122,73 @@ def segment_video(model: torch.nn.Module, frames: torch.Tensor | FrameSource, fi
     if not isinstance(mem_every, int) or isinstance(mem_every, bool) or mem_every < 1:
         raise ValueError(f"segment_video: mem_every must be an integer >= 1, got {mem_every!r}")
     num_frames, _, height, width = frames.shape
-    labels0, later, appear = _check_masks(first_mask, later_masks, num_frames, (height, width))
-    n_obj = len(appear)
-    device = next(model.parameters()).device
-    # First frame of each object (row o-1): an object takes part from the frame after it.
-    first_seen = torch.tensor([appear[o] for o in range(1, n_obj + 1)], device=device)
-    bank = MemoryBank(memory_schedule(num_frames, mem_every, keep=later))
-    object_cells: dict[int, torch.Tensor] = {}  # oracle only: memorised frame → object cells
+    return _check_masks(first_mask, later_masks, num_frames, (height, width))
+
+
+def segment_video(model: torch.nn.Module, frames: torch.Tensor | FrameSource, first_mask: Any, *,
+                  sigma: float | None, mem_every: int,
+                  later_masks: Mapping[int, Any] | None = None, keep_probs: bool = True,
+                  read_backend: str = InferenceConfig.read_backend,
+                  read_budget_bytes: int = InferenceConfig.read_budget_bytes,
+                  hooks: Sequence[Hooks] = ()) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Segment a video from its first-frame mask (semi-supervised VOS).
+
+    ``frames``: float (T,3,H,W) in [0,1], or uint8 (converted frame by frame), or a
+    :class:`FrameSource` giving uint8 frames when asked (any H, W: padded to multiples of 16
+    inside, centred, and cropped back). ``first_mask``: integer label map (H,W) (torch or numpy),
+    ids 0..N with objects 1..N contiguous. ``sigma=None`` is STM's memory read, a float KMN's
+    kernel width (feature cells); ``mem_every`` the period of permanent memory frames;
+    ``read_backend``/``read_budget_bytes`` how the read is computed (a profile's ``inference``
+    gives all four). ``later_masks`` ``{t: label map}`` gives objects that first appear at frame
+    ``t`` (ids continue the first mask's, 1..N over all masks); only the objects new at ``t`` are
+    taken from it. ``hooks``: analyses (:class:`kmnlib.propagation.Hooks`).
+
+    Returns ``(probs, labels)`` on the CPU: float32 (T,N+1,H,W) soft probabilities (frame 0 = the
+    given mask one-hot) and uint8 label maps (T,H,W); ``keep_probs=False`` returns
+    ``(None, labels)`` and never holds more than the last frame's probabilities.
+    """
+    first, later, appear = check_inputs(frames, first_mask, later_masks, sigma, mem_every)
+    num_frames = frames.shape[0]
+    prop = Propagator(model, memory_schedule(num_frames, mem_every, keep=later),
+                      [appear[o] for o in range(1, len(appear) + 1)], sigma=sigma,
+                      kernel=kernel_for(read_backend), budget_bytes=read_budget_bytes, hooks=hooks)
+    store = _ProbStore(num_frames, (len(appear) + 1, *frames.shape[-2:]), keep_probs)
     was_training = model.training
     model.eval()
-
-    probs = _ProbStore(num_frames, (n_obj + 1, height, width), keep_probs,
-                       will_encode={f for frames_read in bank.schedule for f in frames_read})
-    probs[0] = F.one_hot(labels0, n_obj + 1).permute(2, 0, 1).float()
     try:
         with torch.inference_mode():
-            for t in range(1, num_frames):
-                for f in bank.missing(t):
-                    # Encoded once, with the frame's own soft prediction (the given mask for frame 0).
-                    frame_p, _ = pad_divide_by(_frame(frames, f, device))
-                    mask, other = _memory_masks(probs[f].to(device))
-                    mask_p, _ = pad_divide_by(mask)
-                    other_p, _ = pad_divide_by(other)
-                    bank.insert(f, *model.encode_memory(frame_p.expand(n_obj, -1, -1, -1), mask_p,
-                                                        other_p))
-                    if oracle is not None:
-                        object_cells[f] = cell_coverage(mask_p) > 0.5
-                    probs.encoded(f)
-                mem_k, mem_v = bank.read(t)
-                if trace is not None:
-                    trace.append((t, bank.frames(t)))
-                frame_p, pad = pad_divide_by(_frame(frames, t, device))
-                qk, qv, f8, f4 = model.encode_query(frame_p[None])
-                blocked = None
-                if oracle is not None:
-                    query_cells = cell_coverage(oracle(t).to(device)[None]) > 0.5
-                    blocked = (torch.stack([object_cells[f] for f in bank.schedule[t]], dim=1),
-                               query_cells.expand(n_obj, -1, -1))
-                fg = model.segment(qk, qv, f8, f4, mem_k, mem_v, sigma=sigma,
-                                   blocked=blocked)   # N,Hp,Wp
-                absent = first_seen >= t    # objects not given yet (or given at t itself)
-                if bool(absent.any()):
-                    fg = fg.masked_fill(absent[:, None, None], 0.0)
-                    merged = torch.softmax(soft_aggregate(fg), dim=0)
-                    merged[1:][absent] = 0.0  # exactly 0, not soft aggregation's clamped 1e-7 share
-                    merged = merged / merged.sum(dim=0, keepdim=True)
-                else:
-                    merged = torch.softmax(soft_aggregate(fg), dim=0)
-                p_t = unpad(merged, pad).float().cpu()
-                if t in later:  # objects given at t replace the prediction on their pixels
-                    for obj in (o for o, f in appear.items() if f == t):
-                        pix = later[t] == obj
-                        p_t[:, pix] = 0.0
-                        p_t[obj, pix] = 1.0
-                probs[t] = p_t
-                bank.release(t)
+            for t in range(num_frames):
+                given = first if t == 0 else _new_objects(later.get(t), appear, t)
+                store[t] = prop.step(t, _frame(frames, t, prop.device), given)
     finally:
         model.train(was_training)
-    return probs.result()
+    return store.result()
+
+
+def _new_objects(mask: torch.Tensor | None, appear: dict[int, int], t: int) -> torch.Tensor | None:
+    """The objects of a later given mask that first appear at ``t`` (others set to 0)."""
+    if mask is None:
+        return None
+    new = [o for o, f in appear.items() if f == t]
+    return torch.where(torch.isin(mask, torch.tensor(new, dtype=mask.dtype)), mask, 0)
 
 
 class _ProbStore:
-    """Per-frame probabilities of :func:`segment_video`: all of them (``keep=True``), or only those
-    of frames the memory has yet to encode, with each frame's labels taken as it is stored."""
+    """Per-frame results of :func:`segment_video`: every frame's probabilities (``keep=True``),
+    or only each frame's labels, taken as it is stored."""
 
-    def __init__(self, num_frames: int, shape: tuple[int, int, int], keep: bool,
-                 will_encode: set[int]) -> None:
-        self.keep, self.will_encode = keep, set(will_encode)
+    def __init__(self, num_frames: int, shape: tuple[int, int, int], keep: bool) -> None:
+        self.keep = keep
         if keep:
             self.all = torch.zeros(num_frames, *shape, dtype=torch.float32)
         else:
-            self.held: dict[int, torch.Tensor] = {}
             self.labels = torch.zeros(num_frames, *shape[1:], dtype=torch.uint8)
 
     def __setitem__(self, t: int, p: torch.Tensor) -> None:
         if self.keep:
             self.all[t] = p
-            return
-        self.labels[t] = labels_from_probs(p)
-        if t in self.will_encode:
-            self.held[t] = p
-
-    def __getitem__(self, t: int) -> torch.Tensor:
-        return self.all[t] if self.keep else self.held[t]
-
-    def encoded(self, t: int) -> None:
-        """Frame ``t`` is in the memory now; the memory never encodes it again."""
-        if not self.keep:
-            self.held.pop(t, None)
+        else:
+            self.labels[t] = labels_from_probs(p)
 
     def result(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         return (self.all, labels_from_probs(self.all)) if self.keep else (None, self.labels)

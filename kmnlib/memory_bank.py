@@ -38,7 +38,8 @@ class MemoryBank:
     """Keys (N,Ck,S,h,w) and values (N,Cv,S,h,w) of the memorised frames of one video, S slots.
 
     Use per step ``t``: :meth:`missing` → encode and :meth:`insert` those frames → :meth:`read` →
-    segment → :meth:`release`.
+    segment → :meth:`release`. :meth:`held` says what the slots hold now; :meth:`read` returns
+    which frames it gathered, from the slots themselves.
     """
 
     def __init__(self, schedule: list[list[int]]) -> None:
@@ -73,24 +74,28 @@ class MemoryBank:
         self.keys[:, :, slot], self.values[:, :, slot] = key, value
         self.slot_of[frame] = slot
 
-    def read(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Memory of step ``t``: keys (N,Ck,T,h,w) and values (N,Cv,T,h,w), frames in schedule order.
+    def read(self, t: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Memory of step ``t``: keys (N,Ck,T,h,w), values (N,Cv,T,h,w) and the frames they hold,
+        in schedule order (read back from the slots, so it is what was read, not what was planned).
 
         A view of the slot buffers when the frames sit in consecutive slots, else a gathered copy.
         """
         if self.keys is None or self.values is None:
             raise RuntimeError("MemoryBank.read before any insert")
+        if missing := self.missing(t):
+            raise RuntimeError(f"MemoryBank.read: step {t} needs frames {missing}, not stored")
         slots = [self.slot_of[f] for f in self.schedule[t]]
+        in_slot = {slot: f for f, slot in self.slot_of.items()}
+        frames = [in_slot[s] for s in slots]
         if slots == list(range(slots[0], slots[0] + len(slots))):
             return (self.keys[:, :, slots[0]:slots[0] + len(slots)],
-                    self.values[:, :, slots[0]:slots[0] + len(slots)])
+                    self.values[:, :, slots[0]:slots[0] + len(slots)], frames)
         idx = torch.tensor(slots, device=self.keys.device)
-        return self.keys.index_select(2, idx), self.values.index_select(2, idx)
+        return self.keys.index_select(2, idx), self.values.index_select(2, idx), frames
 
-    def frames(self, t: int) -> list[int]:
-        """The frames whose features step ``t`` reads (what is really in the slots, sorted)."""
-        held = {slot: f for f, slot in self.slot_of.items()}
-        return sorted(held[self.slot_of[f]] for f in self.schedule[t])
+    def held(self) -> list[int]:
+        """The frames stored in the slots now, sorted."""
+        return sorted(self.slot_of)
 
     def release(self, t: int) -> None:
         """Free the slots of the frames that no step after ``t`` reads."""

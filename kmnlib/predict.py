@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from kmnlib.data.masks import VOID, write_label_map
 from kmnlib.data.video import VideoDataset, VideoSequence, select_sequences
-from kmnlib.denormals import flush_denormals
+from kmnlib.config import InferenceConfig
 from kmnlib.inference import labels_from_probs, segment_video
 from kmnlib.model.ops import resize_frames, resize_labels
+from kmnlib.propagation import Hooks
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -29,8 +30,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class _DiskFrames:
     """Frames ``start…`` of ``seq`` as a :class:`~kmnlib.inference.FrameSource`: each read from disk
     (and resized to ``height`` rows, as :func:`~kmnlib.model.ops.resize_frames` does) when
-    segment_video asks, the last two kept — it asks for a frame to segment it and, at the next
-    step, to memorise it. ``read_seconds`` sums the time spent reading, which run_dataset's
+    segment_video asks (once per frame, in order), the last one kept. ``read_seconds`` sums the time spent reading, which run_dataset's
     timings exclude. Holding all of a 180-frame 480p video was 0.21 GiB
     (benchmarks/bench_memory_ceiling.py)."""
 
@@ -50,8 +50,7 @@ class _DiskFrames:
             frame = torch.from_numpy(self.seq.load_frames([self.start + t])).permute(0, 3, 1, 2)
             if self.height is not None:
                 frame = resize_frames(frame, self.height)
-            self._recent = {k: v for k, v in self._recent.items() if k == t - 1}
-            self._recent[t] = frame[0]
+            self._recent = {t: frame[0]}
             self.read_seconds += time.perf_counter() - began
         return self._recent[t]
 
@@ -105,10 +104,11 @@ def _given_masks(seq: Any) -> tuple[int, dict[int, torch.Tensor], list[int]]:
 
 def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os.PathLike, *,
                 sigma: float | None, mem_every: int, infer_height: int | None,
-                resolution_out: tuple[int, int] | str | None,
-                sequences: Sequence[str] | None = None,
+                resolution_out: tuple[int, int] | str | None, sequences: Sequence[str] | None = None,
                 device: str | torch.device = "cpu", precision: str = "fp32",
-                oracle: Callable[[VideoSequence], np.ndarray] | None = None,
+                read_backend: str = InferenceConfig.read_backend,
+                read_budget_bytes: int = InferenceConfig.read_budget_bytes,
+                hooks: Callable[[VideoSequence, int, tuple[int, int]], Sequence[Hooks]] | None = None,
                 report: Callable[[str], None] | None = None) -> dict[str, float]:
     """Segment every sequence of ``dataset`` and write ``out_dir/<seq>/<frame>.png`` label maps.
 
@@ -121,23 +121,16 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
     (:func:`~kmnlib.model.ops.resize_frames`; given masks nearest) to that height, keeping the
     aspect ratio; None keeps the stored size. ``resolution_out``: None writes at the inference size,
     ``"gt"`` at the sequence's stored size, ``(H, W)`` at that size; resizing is bilinear on the
-    probabilities followed by argmax (never nearest on labels). ``sigma``/``mem_every`` as in
-    :func:`segment_video`. The model is moved to ``device``; ``precision`` "bf16" runs it under
-    bfloat16 autocast (the memory read stays float32). ``report`` receives one progress line per
-    video. ``oracle(seq)`` (analysis only) gives
-    bool (T,H,W) maps at the stored size that :func:`segment_video`'s ``oracle`` blocks from the
-    object's memory. Returns seconds per frame of ``segment_video`` (reading/writing excluded), by
-    name.
+    probabilities followed by argmax (never nearest on labels). ``sigma``, ``mem_every``,
+    ``read_*`` as in :func:`segment_video`. ``precision`` "bf16" runs the model on ``device``
+    under bfloat16 autocast (the read stays float32). ``report`` gets a progress line per video.
+    ``hooks(seq, start, size)`` (analyses) gives the :class:`~kmnlib.propagation.Hooks` of a video
+    segmented from frame ``start`` at inference ``size`` (H, W). Returns s/frame of
+    ``segment_video`` (reading/writing excluded), by name.
     """
-    if not (resolution_out is None or resolution_out == "gt"
-            or (isinstance(resolution_out, (tuple, list)) and len(resolution_out) == 2)):
-        raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), "
-                         f"got {resolution_out!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"run_dataset: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    _check_run_args(resolution_out, precision)
     out_dir = Path(out_dir)
     names = select_sequences(dataset.names, sequences, repr(dataset))
-    flush_denormals()
     model.to(device)
     timings: dict[str, float] = {}
     for name in names:
@@ -146,19 +139,9 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
         # Read from disk as segment_video asks, uint8: a long video is never all in memory.
         frames = _DiskFrames(seq, first_frame, infer_height)
         if infer_height is not None:
-            for f, m in given.items():
-                small = resize_labels(m, tuple(frames.shape[-2:]))
-                if set(torch.unique(small).tolist()) != set(torch.unique(m).tolist()):
-                    raise ValueError(f"{seq.mask_paths[f]}: an object vanishes when the mask is "
-                                     f"resized to {small.shape[0]}x{small.shape[1]}; use a larger "
-                                     f"infer_height")
-                given[f] = small
+            given = _resized_given(seq, given, tuple(frames.shape[-2:]))
         later = {f - first_frame: m for f, m in given.items() if f != first_frame}
-        blocked = None
-        if oracle is not None:
-            maps = torch.from_numpy(np.asarray(oracle(seq), dtype=np.uint8)[first_frame:])
-            maps = resize_labels(maps, tuple(frames.shape[-2:])).bool()
-            blocked = maps.__getitem__
+        seq_hooks = () if hooks is None else hooks(seq, first_frame, tuple(frames.shape[-2:]))
         size = tuple(frames.shape[-2:])
         if resolution_out is not None:
             size = tuple(seq.size) if resolution_out == "gt" else tuple(int(s) for s in resolution_out)
@@ -169,20 +152,50 @@ def run_dataset(model: torch.nn.Module, dataset: VideoDataset, out_dir: str | os
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                             enabled=PRECISIONS[precision] is torch.bfloat16):
             probs, labels = segment_video(model, frames, given[first_frame], sigma=sigma,
-                                          mem_every=mem_every, later_masks=later, oracle=blocked,
-                                          keep_probs=resize)
+                                          mem_every=mem_every, later_masks=later, keep_probs=resize,
+                                          read_backend=read_backend,
+                                          read_budget_bytes=read_budget_bytes, hooks=seq_hooks)
         timings[seq.name] = (time.perf_counter() - start - frames.read_seconds) / len(frames)
         if report is not None:
             report(f"{len(timings)}/{len(names)} {seq.name}: {len(frames)} frames, "
                    f"{timings[seq.name]:.3f} s/frame")
-        if resize:
-            labels = _resized_labels(probs, size)
-        if first_frame:
-            labels = torch.cat([labels.new_zeros(first_frame, *size), labels])
-        # 1..N → the dataset's object ids, one frame at a time: the whole video as int64 indices
-        # was 8× the labels (0.55 GiB at 180 frames of 480p) and the run's peak memory
-        # (benchmarks/bench_memory_ceiling.py).
-        back = np.array([0] + ids, dtype=np.uint8)
-        for i, path in enumerate(seq.frame_paths):
-            write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", back[labels[i].numpy()])
+        _write_video(out_dir, seq, _resized_labels(probs, size) if resize else labels, first_frame,
+                     ids)
     return timings
+
+
+def _check_run_args(resolution_out: Any, precision: str) -> None:
+    if not (resolution_out is None or resolution_out == "gt"
+            or (isinstance(resolution_out, (tuple, list)) and len(resolution_out) == 2)):
+        raise ValueError(f"run_dataset: resolution_out must be None, 'gt' or (H, W), "
+                         f"got {resolution_out!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"run_dataset: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+
+
+def _resized_given(seq: VideoSequence, given: dict[int, torch.Tensor], size: tuple[int, int]
+                   ) -> dict[int, torch.Tensor]:
+    """The given label maps at the inference ``size`` (nearest); an object may not vanish."""
+    out = {}
+    for f, m in given.items():
+        small = resize_labels(m, size)
+        if set(torch.unique(small).tolist()) != set(torch.unique(m).tolist()):
+            raise ValueError(f"{seq.mask_paths[f]}: an object vanishes when the mask is "
+                             f"resized to {small.shape[0]}x{small.shape[1]}; use a larger "
+                             f"infer_height")
+        out[f] = small
+    return out
+
+
+def _write_video(out_dir: Path, seq: VideoSequence, labels: torch.Tensor, first_frame: int,
+                 ids: list[int]) -> None:
+    """Label maps (T,H,W) of the frames from ``first_frame`` on (background before it) as PNGs,
+    objects 1..N mapped back to the dataset's ``ids``."""
+    if first_frame:
+        labels = torch.cat([labels.new_zeros(first_frame, *labels.shape[1:]), labels])
+    # 1..N → the dataset's object ids, one frame at a time: the whole video as int64 indices
+    # was 8× the labels (0.55 GiB at 180 frames of 480p) and the run's peak memory
+    # (benchmarks/bench_memory_ceiling.py).
+    back = np.array([0] + ids, dtype=np.uint8)
+    for i, path in enumerate(seq.frame_paths):
+        write_label_map(out_dir / seq.name / f"{Path(path).stem}.png", back[labels[i].numpy()])

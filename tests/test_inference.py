@@ -20,6 +20,7 @@ from kmnlib.config import TEST, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.masks import read_label_map
 from kmnlib.data.video import SequenceList, VideoSequence, frames_to_tensor
+from kmnlib.propagation import ReadTrace
 from kmnlib.inference import labels_from_probs, segment_video
 from kmnlib.memory_bank import memory_schedule
 from kmnlib.predict import run_dataset
@@ -150,7 +151,8 @@ def _official_run_video(model, fs, ms, num_frames, num_objects, mem_every):
 def stm_model() -> KMN:
     torch.manual_seed(1)
     # Our ResNet-50 network (random weights), through the official STM state-dict layout and back.
-    return load_stm_checkpoint(to_stm_state_dict(KMN(stm_model_config()), data_parallel=True))
+    return load_stm_checkpoint(to_stm_state_dict(KMN(stm_model_config()), data_parallel=True),
+                               inference=None)
 
 
 @pytest.mark.slow
@@ -201,9 +203,10 @@ def test_segment_video_outputs_and_memory(lite_model):
         return original(frame, m, o)
 
     lite_model.encode_memory = counting
-    trace: list = []
+    reads = ReadTrace()
     try:
-        probs, labels = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=mem_every, trace=trace)
+        probs, labels = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=mem_every,
+                                      hooks=[reads])
     finally:
         del lite_model.encode_memory
     assert probs.shape == (n_frames, 2, *SIZE) and labels.shape == (n_frames, *SIZE)
@@ -214,6 +217,7 @@ def test_segment_video_outputs_and_memory(lite_model):
     assert torch.equal(probs[0, 1], (mask == 1).float()) and torch.equal(labels[0].long(), mask)
     assert torch.equal(labels.long(), probs.argmax(dim=1))
     # Memory at each step: permanent frames 0, 3, 6 once memorised, plus the previous frame.
+    trace = reads.frames
     assert trace == [(1, [0]), (2, [0, 1]), (3, [0, 2]), (4, [0, 3]), (5, [0, 3, 4]), (6, [0, 3, 5]),
                      (7, [0, 3, 6]), (8, [0, 3, 6, 7])]
     assert trace == [(t, m) for t, m in enumerate(memory_schedule(n_frames, mem_every)) if t > 0]
@@ -318,7 +322,7 @@ def test_disk_frames_match_eager_load(monkeypatch):
                         lambda self, idx: reads.append(list(idx)) or load(self, idx))
     disk = predict._DiskFrames(seq, 2, 100)
     assert disk.shape == (len(seq) - 2, *eager.shape[1:]) and len(disk) == len(seq) - 2
-    for t in [0, 0, 1, 0, 1, 2, 1, 2, 3, 4, 5]:   # segment_video's order: memorise t-1, segment t
+    for t in [0, 0, 1, 1, 2, 3, 4, 5]:   # segment_video asks once per frame, in order
         assert torch.equal(disk[t], eager[t])
     assert reads == [[2], [3], [4], [5], [6], [7]]    # each frame read once
 
@@ -377,9 +381,10 @@ def test_object_given_mid_video(lite_model):
     n_frames, joins = 8, 4
     frames, mask = _clip(n_frames)
     box = _box()
-    trace: list = []
-    probs, labels = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=5, trace=trace,
+    reads = ReadTrace()
+    probs, labels = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=5, hooks=[reads],
                                   later_masks={joins: box.numpy().astype(np.uint8)})
+    trace = reads.frames
     plain, _ = segment_video(lite_model, frames, mask, sigma=7.0, mem_every=5)
     assert probs.shape == (n_frames, 3, *SIZE)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(n_frames, *SIZE), rtol=0, atol=1e-5)

@@ -30,7 +30,6 @@ from kmnlib.data.masks import read_label_map
 from kmnlib.data.video import VideoSequence
 from kmnlib.memory import read_logits, sigma_label
 from kmnlib.metrics import leakage
-from kmnlib.denormals import flush_denormals
 from kmnlib.model.ops import cell_coverage, pad_divide_by, resize_frames, resize_labels
 
 CELL_CLASSES = ("object", "twin", "background")
@@ -93,7 +92,6 @@ def read_probe(model: nn.Module, seq: VideoSequence, twins: np.ndarray, *, frame
     * ``qhat``: sequence, frame, and the fractions of object memory cells whose q̂ lies on the
       object, on the twin, elsewhere.
     """
-    flush_denormals()
     model = model.to(device).eval()
     x, obj, tw = _inputs(seq, twins, frames, infer_height)
     x = x.to(device)
