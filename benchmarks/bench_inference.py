@@ -11,7 +11,7 @@ with STM's read and with the kernel (σ = 7):
 * ``direct``    — channels-last weights, BatchNorm folded into the convolutions, subnormals flushed
   to zero in every thread (``kmnlib.denormals.flush_denormals``), the current read, float32;
 * ``fast``      — the same with the wide 3×3 convolutions as Winograd F(4×4, 3×3)
-  (``kmnlib.model.winograd``): the network ``kmnlib.checkpoints.prepare_for_inference`` builds
+  (``kmnlib.model.winograd``): the network ``kmnlib.model.prepare_for_inference`` builds
   for float32 on CPU (probabilities equal the reference's to ≤ 1e-4, printed as ``max|Δp|``);
 * ``fast+bf16`` — the same under bfloat16 autocast (``InferenceConfig.precision``; the mini study's
   setting), where the convolutions run directly (AMX) and Winograd stands aside.
@@ -45,16 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-import kmnlib.memory as memory_module
-from kmnlib import kernel_rows
-from kmnlib.checkpoints import load_model, prepare_for_inference
+from kmnlib.checkpoints import load_model
 from kmnlib.config import MINI, PAPER, InferenceConfig, resolve_data_root
 from kmnlib.data.davis import DAVISDataset
 from kmnlib.data.video import frames_to_tensor
 from kmnlib.denormals import flush_denormals
 from kmnlib.inference import segment_video
-from kmnlib.model import build_model
+from kmnlib.model import build_model, prepare_for_inference
 from kmnlib.model.ops import resize_frames, resize_labels
+from kmnlib.read_backends import native
 
 from bench_memory_read import memory_read_replaced, read_before  # noqa: E402  (benchmarks/ on sys.path)
 
@@ -88,7 +87,7 @@ def variants(config: str, checkpoint: Path | None) -> dict[str, Variant]:
     torch.manual_seed(0)
     reference = build_model(replace(cfg, memory_format="contiguous")).eval()
     if checkpoint is not None:
-        trained = load_model(checkpoint)
+        trained = load_model(checkpoint, inference=None)   # as trained: the reference's weights
         if trained.cfg.backbone != cfg.backbone:
             raise SystemExit(f"error: --checkpoint {checkpoint}: a {trained.cfg.backbone} "
                              f"network, config {config} needs {cfg.backbone}")
@@ -111,10 +110,11 @@ def variants(config: str, checkpoint: Path | None) -> dict[str, Variant]:
 
 
 def old_read(mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *,
-             sigma: float | None = None, blocked: Any = None) -> torch.Tensor:
-    """``memory_read``'s signature over the pre-issue-10 read (one chunk; no oracle)."""
-    if blocked is not None:
-        raise ValueError("the reference read has no oracle")
+             sigma: float | None = None, **kwargs: Any) -> torch.Tensor:
+    """``memory_read``'s signature over the pre-issue-10 read (one chunk, its own kernel: the
+    caller's ``kernel`` and ``budget_bytes`` are ignored; no ``edit_logits``, no ``stats``)."""
+    if kwargs.get("edit_logits") is not None or kwargs.get("stats") is not None:
+        raise ValueError("the reference read has no logit edit (oracle) and no logit statistics")
     return read_before(mem_key.float(), mem_value.float(), query_key.float(), sigma).to(mem_value.dtype)
 
 
@@ -179,9 +179,9 @@ def qhat_flips(models: dict[str, Variant], frames: torch.Tensor, mask: torch.Ten
         def spy(current: Any, _name: str = name, _before: bool = before) -> Any:
             read = old_read if _before else current     # each variant with its own read, as timed
 
-            def spied(mk, mv, qk, *, sigma=None, blocked=None):  # noqa: ANN001
+            def spied(mk, mv, qk, *, sigma=None, **kwargs):  # noqa: ANN001, ANN003
                 caught[_name] = (mk.float().clone(), qk.float().clone())  # the last read: frame `at`
-                return read(mk, mv, qk, sigma=sigma, blocked=blocked)
+                return read(mk, mv, qk, sigma=sigma, **kwargs)
             return spied
 
         flush_denormals(flush)
@@ -237,20 +237,21 @@ def breakdown(config: str, seq: str, n_frames: int | None, mem_every: int,
                                                  for k, v in parts.items()), flush=True)
 
 
-def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, mem_every: int
-                 ) -> tuple[float, float, float]:
-    """(W - R_stm) / (W - R_km) from one run doing both reads per frame; also R_stm, R_km in s/frame."""
+def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor, mem_every: int,
+                 read_backend: str = InferenceConfig.read_backend) -> tuple[float, float, float]:
+    """(W - R_stm) / (W - R_km) from one run doing both reads per frame; also R_stm, R_km in s/frame.
+    ``read_backend``: how ``segment_video`` computes the read (``InferenceConfig.read_backend``)."""
     spent = {"stm": 0.0, "km": 0.0}
     calls = [0]
 
     def both(read: Any) -> Any:
-        def both_reads(mem_key, mem_value, query_key, *, sigma=None, blocked=None):  # noqa: ANN001
+        def both_reads(mem_key, mem_value, query_key, *, sigma=None, **kwargs):  # noqa: ANN001, ANN003
             order = [("stm", None), ("km", sigma)] if calls[0] % 2 == 0 else [("km", sigma), ("stm", None)]
             calls[0] += 1
             out = None
             for name, s in order:
                 start = time.perf_counter()
-                r = read(mem_key, mem_value, query_key, sigma=s, blocked=blocked)
+                r = read(mem_key, mem_value, query_key, sigma=s, **kwargs)
                 spent[name] += time.perf_counter() - start
                 if name == "km":
                     out = r
@@ -259,37 +260,34 @@ def paired_ratio(model: torch.nn.Module, frames: torch.Tensor, mask: torch.Tenso
 
     with memory_read_replaced(both):
         start = time.perf_counter()
-        segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every)
+        segment_video(model, frames, mask, sigma=SIGMA, mem_every=mem_every,
+                      read_backend=read_backend)
         wall = time.perf_counter() - start
     n = len(frames)
     return (wall - spent["stm"]) / (wall - spent["km"]), spent["stm"] / n, spent["km"] / n
 
 
-@contextlib.contextmanager
-def kernel_path(path: str) -> Any:
-    """Inside: the kernel read's work on the logits done by ``path``: ``native`` (what runs by
-    default, ``kmnlib.kernel_rows``), ``numpy`` (its PyTorch path with the NumPy arg-max, as without
-    a C compiler) or ``before`` (q̂ by PyTorch's ``max(...).indices``, as before both)."""
-    saved = kernel_rows.apply_kernel_, memory_module.argmax_last
-    if path in ("numpy", "before"):
-        kernel_rows.apply_kernel_ = lambda *a: None
-    if path == "before":
-        memory_module.argmax_last = lambda c: c.max(dim=-1).indices
-    try:
-        yield
-    finally:
-        kernel_rows.apply_kernel_, memory_module.argmax_last = saved
+def kernel_path(path: str) -> dict[str, str]:
+    """``segment_video``'s keywords that make the kernel read's work on the logits done by ``path``,
+    through the public switch ``InferenceConfig.read_backend``: ``native`` (what runs by default,
+    ``kmnlib.read_backends.native``: one compiled pass per memory row) or ``torch`` (the reference
+    ``kmnlib.memory.gaussian_kernel``: PyTorch's arg-max and two broadcast additions, as before the
+    native pass). The former ``numpy`` path (the PyTorch path with a NumPy arg-max, what ran without
+    a C compiler) is no longer in the library and is dropped here; its figures in
+    benchmarks/README.md were measured with the code of their time."""
+    if path not in KERNEL_PATHS:
+        raise ValueError(f"kernel path {path!r}: expected one of {list(KERNEL_PATHS)}")
+    return {"read_backend": path}
 
 
-KERNEL_PATHS = {"native": "native pass (now)", "numpy": "NumPy arg-max + adds",
-                "before": "max.indices + adds"}
+KERNEL_PATHS = {"native": "native pass (now)", "torch": "argmax + adds (ref.)"}
 
 
 def kernel_cost(config: str, seq: str, n_frames: int | None, reps: int, mem_every: int,
                 checkpoint: Path | None) -> None:
     """The paired KM/STM estimate of the fast path, repeated, for each way of doing the kernel's
     work (``kernel_path``), interleaved with the order rotating per repetition."""
-    if kernel_rows.library() is None:
+    if native.library() is None:
         raise SystemExit("error: the native kernel did not build (see the warning); --kernel-cost "
                          "compares it with the PyTorch path")
     frames, mask = load_clip(seq, n_frames, CONFIGS[config][1])
@@ -300,8 +298,7 @@ def kernel_cost(config: str, seq: str, n_frames: int | None, reps: int, mem_ever
     for rep in range(reps):
         k = rep % len(KERNEL_PATHS)
         for path in (list(KERNEL_PATHS)[k:] + list(KERNEL_PATHS)[:k]):
-            with kernel_path(path):
-                got[path].append(paired_ratio(model, frames, mask, mem_every))
+            got[path].append(paired_ratio(model, frames, mask, mem_every, **kernel_path(path)))
     weights = f"trained ({checkpoint})" if checkpoint is not None else "random"
     print(f"{config:<14} {tuple(frames.shape[-2:])!s:>11} {len(frames):>4}   weights {weights}, fast path",
           flush=True)

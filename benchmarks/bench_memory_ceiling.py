@@ -74,15 +74,16 @@ def child(config: str, n_frames: int, sequence: str, phases: bool = False) -> di
     from dataclasses import replace
 
     import kmnlib.predict
-    from kmnlib.checkpoints import prepare_for_inference
     from kmnlib.config import MINI, PAPER, resolve_data_root
     from kmnlib.data import DAVISDataset
+    from kmnlib.denormals import flush_denormals
     from kmnlib.evaluate import evaluate_davis
     from kmnlib.memory_bank import memory_schedule
-    from kmnlib.model import build_model
+    from kmnlib.model import build_model, prepare_for_inference
     from kmnlib.predict import run_dataset
 
     torch.set_num_threads(2)
+    flush_denormals()   # an entry point (a fresh process), as the study's evaluations run
     sampler = PhasePeaks() if phases else None
     if sampler is not None:   # run_dataset = read the video, segment_video, write the label maps
         segment = kmnlib.predict.segment_video
@@ -102,7 +103,8 @@ def child(config: str, n_frames: int, sequence: str, phases: bool = False) -> di
         torch.manual_seed(0)
         if sampler is not None:
             sampler.enter("build model")
-        # As the study's inference_model: fp32, folded and Winograd, in place (one network in memory).
+        # As the study's load_model(..., inference=profile.inference): fp32, folded and Winograd,
+        # in place (one network in memory).
         model = prepare_for_inference(build_model(cfg), PAPER.inference, in_place=True)
         start = time.perf_counter()
         run_dataset(model, ds, Path(tmp) / "masks", sigma=7.0, mem_every=5, infer_height=None,

@@ -25,6 +25,9 @@ broadcast additions, logits clamped at :func:`kmnlib.memory.exp_floor` before ``
 at the logit scale of trained reads (``--logit-std``; random unit keys give std 1, a trained mini
 read at 480p ≈ 19). First it times ``torch.exp`` itself on inputs that do and do not underflow, and
 a bmm on subnormal operands with the flush off, on in the calling thread only, and in every thread.
+
+Every ``memory_read`` timed here computes the kernel as video inference does
+(``InferenceConfig.read_backend``, :data:`KERNEL`); ``memory_read``'s own default is the reference.
 """
 from __future__ import annotations
 
@@ -41,10 +44,15 @@ import time
 import numpy as np
 import torch
 
-from kmnlib import kernel_rows
-from kmnlib.argmax import argmax_last
+from kmnlib.config import InferenceConfig
 from kmnlib.denormals import flush_denormals
 from kmnlib.memory import chunk_size, exp_floor, memory_read
+from kmnlib.read_backends import kernel_for, native
+
+#: The read's kernel as video inference computes it (``InferenceConfig.read_backend``, "native":
+#: one compiled pass per memory row, the reference's floats); ``memory_read``'s own default is the
+#: PyTorch reference. Every read timed here as "now" / "after" uses this, as inference does.
+KERNEL = kernel_for(InferenceConfig.read_backend)
 
 GRID = (30, 54)       # 480p padded to 480x864, stride 16
 KEY_DIM, VALUE_DIM = 128, 512
@@ -78,10 +86,11 @@ def child(t: int, sigma: float | None, budget: int | None) -> None:
     """Run one read in this (fresh) process; print RSS before and the peak during it (MiB), as JSON."""
     mk, mv, qk = _inputs(t)
     with torch.inference_mode():
-        memory_read(mk[:, :, :1], mv[:, :, :1], qk, sigma=sigma)   # allocator/oneDNN warm-up
+        memory_read(mk[:, :, :1], mv[:, :, :1], qk, sigma=sigma, kernel=KERNEL)   # allocator/oneDNN warm-up
         _reset_peak()
         before = _status_mib("VmRSS")
-        memory_read(mk, mv, qk, sigma=sigma, budget_bytes=budget)
+        memory_read(mk, mv, qk, sigma=sigma, kernel=KERNEL,
+                    budget_bytes=InferenceConfig.read_budget_bytes if budget is None else budget)
         peak = _status_mib("VmHWM")
     print(json.dumps({"before_mib": before, "peak_mib": peak}))
 
@@ -97,11 +106,12 @@ def time_reads(ts: list[int], reps: int) -> None:
           f"median of {reps} interleaved reps ==")
     print(f"{'T':>4} {'STM ms':>9} {'KM ms':>9} {'KM/STM':>7}")
     with torch.inference_mode():
-        memory_read(*_inputs(1), sigma=7.0)  # warm-up
+        memory_read(*_inputs(1), sigma=7.0, kernel=KERNEL)  # warm-up
         for t in ts:
             mk, mv, qk = _inputs(t)
-            ms = _interleaved_ms({"stm": lambda: memory_read(mk, mv, qk, sigma=None),
-                                  "km": lambda: memory_read(mk, mv, qk, sigma=7.0)}, reps)
+            ms = _interleaved_ms({"stm": lambda: memory_read(mk, mv, qk, sigma=None, kernel=KERNEL),
+                                  "km": lambda: memory_read(mk, mv, qk, sigma=7.0, kernel=KERNEL)},
+                                 reps)
             print(f"{t:>4} {ms['stm']:>9.1f} {ms['km']:>9.1f} {ms['km'] / ms['stm']:>7.3f}", flush=True)
 
 
@@ -109,15 +119,26 @@ def time_reads(ts: list[int], reps: int) -> None:
 def memory_read_replaced(make: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]
                          ) -> Iterator[None]:
     """Inside the block the network reads memory with ``make(current memory_read)`` — a spy, a
-    timer or another read (``KMN.segment`` looks the name up in its module at call time)."""
+    timer or another read. Video inference (``segment_video``: ``kmnlib.propagation.Propagator``)
+    and training (``KMN.segment``) each look ``memory_read`` up in their own module at call time;
+    both are replaced, by one ``make(...)`` where they hold the same function. The replacement
+    takes ``memory_read``'s keywords (``sigma``, ``budget_bytes``, ``kernel``, ``stats``,
+    ``edit_logits``): forward ``**kwargs``."""
+    from kmnlib import propagation
     from kmnlib.model import network
 
-    original = network.memory_read
-    network.memory_read = make(original)
+    modules = (propagation, network)
+    originals = [m.memory_read for m in modules]
+    made: dict[Any, Callable[..., torch.Tensor]] = {}
     try:
+        for module, original in zip(modules, originals):
+            if original not in made:
+                made[original] = make(original)
+            module.memory_read = made[original]
         yield
     finally:
-        network.memory_read = original
+        for module, original in zip(modules, originals):
+            module.memory_read = original
 
 
 def _selector(hq: int, wq: int) -> torch.Tensor:
@@ -166,7 +187,7 @@ def _compare_reads(mk: torch.Tensor, mv: torch.Tensor, qk: torch.Tensor, reps: i
     rows = {}
     for label, sigma in (("STM", None), ("KM", 7.0)):
         fns = {"before": lambda: read_before(mk, mv, qk, sigma),
-               "after": lambda: memory_read(mk, mv, qk, sigma=sigma)}
+               "after": lambda: memory_read(mk, mv, qk, sigma=sigma, kernel=KERNEL)}
         out = {k: f() for k, f in fns.items()}   # warm-up, and the outputs compared
         ms = _interleaved_ms(fns, reps)
         rows[label] = (ms["before"], ms["after"], float((out["before"] - out["after"]).abs().max()))
@@ -266,8 +287,16 @@ def trained_read_inputs(checkpoint: str, n_frames: int, sequence: str = "blacksw
         return spied
 
     with memory_read_replaced(spy):
-        segment_video(fold_batchnorm(load_model(checkpoint)), frames, mask, sigma=7.0, mem_every=5)
+        segment_video(fold_batchnorm(load_model(checkpoint, inference=None)), frames, mask,
+                      sigma=7.0, mem_every=5)
     return caught[-1]
+
+
+def numpy_argmax(c: torch.Tensor) -> torch.Tensor:
+    """``c.argmax(-1)`` by NumPy's SIMD arg-max over contiguous CPU rows (the former
+    ``kmnlib.argmax.argmax_last``, removed from the library; kept here for the "kernel part" rows)."""
+    rows = c.detach().reshape(-1, c.shape[-1]).numpy()
+    return torch.from_numpy(rows.argmax(axis=1).astype(np.int64, copy=False)).reshape(c.shape[:-1])
 
 
 def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
@@ -296,10 +325,10 @@ def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
     grid_c = c.view(b, p, hq, wq)
     c_qp = c.transpose(1, 2).contiguous()                   # (1,Q,P): the reduction over rows
     assert torch.equal(rows_first(), qhat) and torch.equal(c_qp.max(dim=1).indices, qhat)
-    assert torch.equal(argmax_last(c), qhat)
+    assert torch.equal(numpy_argmax(c), qhat)
     rows = {"q̂: argmax": _median_ms(lambda: c.argmax(dim=2), reps),
             "q̂: max(...).indices": _median_ms(lambda: c.max(dim=2).indices, reps),
-            "q̂: NumPy argmax": _median_ms(lambda: argmax_last(c), reps),
+            "q̂: NumPy argmax": _median_ms(lambda: numpy_argmax(c), reps),
             "q̂: rows first (amax, gather)": _median_ms(rows_first, reps),
             "q̂: max over (Q,P) layout": _median_ms(lambda: c_qp.max(dim=1).indices, reps),
             "floor: amax, values only": _median_ms(lambda: c.amax(dim=2), reps),
@@ -308,9 +337,9 @@ def kernel_parts(c: torch.Tensor, grid: tuple[int, int], reps: int) -> None:
             "log g: two broadcast adds": _median_ms(
                 lambda: (work.copy_(c), grid4.add_(gy.float()[..., :, None]).add_(gx.float()[..., None, :])),
                 reps) - copy}
-    if kernel_rows.library() is not None:   # q̂, log g and the softmax's amax over p in one pass
+    if native.library() is not None:   # q̂, log g and the softmax's amax over p in one pass
         rows["q̂ + log g + amax: native pass"] = _median_ms(
-            lambda: (work.copy_(c), kernel_rows.apply_kernel_(work, grid, 7.0)), reps) - copy
+            lambda: (work.copy_(c), native.apply_kernel_(work, grid, 7.0)), reps) - copy
         rows["(amax over p alone)"] = _median_ms(lambda: c.amax(dim=1), reps)
     for label, ms in rows.items():
         print(f"    kernel part  {label:<30} {ms:7.1f} ms", flush=True)
@@ -352,10 +381,11 @@ def budget_sweep(ts: list[int], budgets_mib: list[int], reps: int) -> None:
           f"time: median of {reps} interleaved reps; RSS: fresh process per cell ==")
     print(f"{'T':>4} {'budget MiB':>10} {'chunks':>6} {'ms':>8} {'ratio':>6} {'read extra MiB':>14}")
     with torch.inference_mode():
-        memory_read(*_inputs(1), sigma=7.0)  # warm-up
+        memory_read(*_inputs(1), sigma=7.0, kernel=KERNEL)  # warm-up
         for t in ts:
             mk, mv, qk = _inputs(t)
-            ms = _interleaved_ms({mib: (lambda b=budget: memory_read(mk, mv, qk, sigma=7.0, budget_bytes=b))
+            ms = _interleaved_ms({mib: (lambda b=budget: memory_read(mk, mv, qk, sigma=7.0, budget_bytes=b,
+                                                                     kernel=KERNEL))
                                   for mib, budget in zip(budgets_mib, budgets)}, reps)
             n_mem, n_q = t * GRID[0] * GRID[1], GRID[0] * GRID[1]
             for mib, budget in zip(budgets_mib, budgets):

@@ -1,5 +1,8 @@
 """Training checkpoints on disk: atomic save, checked load, the network they hold, their stage.
 
+File I/O only: preparing a network for inference (BatchNorm folded, Winograd convolutions) is
+:func:`kmnlib.model.prepare.prepare_for_inference`, which :func:`load_model` applies by default.
+
 A checkpoint is a dict written by :class:`kmnlib.training.trainer.Trainer`: ``model`` (state dict),
 ``optimizer``, ``scaler``, ``rng``, ``step``, ``profile`` (the whole profile as a dict), ``spec``
 (the settings a re-run must match), ``stage`` ("pretrain" / "main"), ``name``, ``world_size``,
@@ -7,7 +10,6 @@ A checkpoint is a dict written by :class:`kmnlib.training.trainer.Trainer`: ``mo
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,7 @@ import torch.nn as nn
 from kmnlib.config import STAGES, InferenceConfig, ModelConfig
 from kmnlib.files import atomic_write
 from kmnlib.model import build_model
-from kmnlib.model.fold import fold_batchnorm
-from kmnlib.model.winograd import winograd_convolutions
+from kmnlib.model.prepare import prepare_for_inference
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -47,9 +48,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+               inference: InferenceConfig | None = InferenceConfig()) -> nn.Module:
     """The network a training checkpoint describes (its profile's model config), weights loaded,
-    in eval mode on ``device``."""
+    in eval mode on ``device`` — prepared for inference as ``inference`` asks
+    (:func:`kmnlib.model.prepare.prepare_for_inference`, in place: BatchNorm folded, Winograd
+    convolutions on CPU), which the default :class:`~kmnlib.config.InferenceConfig` does.
+
+    Pass the profile's ``inference`` to honour its switches, or ``inference=None`` for the network
+    exactly as trained: to resume or continue training it, or to compare against it."""
     state = load_checkpoint(path)
     try:
         model = build_model(ModelConfig(**state["profile"]["model"]))
@@ -57,28 +64,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path}: cannot build its network ({' '.join(str(exc).split())[:300]})"
                          ) from None
-    return model.to(device).eval()
-
-
-def inference_model(path: str | os.PathLike, inference: InferenceConfig,
-                    device: str | torch.device = "cpu") -> nn.Module:
-    """:func:`load_model`, then :func:`prepare_for_inference` on it (in place: it is ours)."""
-    return prepare_for_inference(load_model(path, device), inference, in_place=True)
-
-
-def prepare_for_inference(model: nn.Module, inference: InferenceConfig, *,
-                          in_place: bool = False) -> nn.Module:
-    """A copy of ``model`` (``in_place``: ``model`` itself, so that memory holds one network, not
-    two) in eval mode with the speed-ups ``inference`` asks for: BatchNorm folded
-    (:func:`kmnlib.model.fold.fold_batchnorm`), wide 3x3 convolutions as Winograd's on a CPU model
-    (:func:`kmnlib.model.winograd.winograd_convolutions`; on CUDA cuDNN picks its own algorithm).
-    Outputs equal the unprepared model's up to float rounding (tests/test_optimisations.py)."""
-    out = (model if in_place else copy.deepcopy(model)).eval()
-    if inference.fold_batchnorm:
-        fold_batchnorm(out, in_place=True)
-    if inference.winograd and all(p.device.type == "cpu" for p in out.parameters()):
-        winograd_convolutions(out, in_place=True)
-    return out
+    model = model.to(device).eval()
+    if inference is None:
+        return model
+    return prepare_for_inference(model, inference, in_place=True)
 
 
 def checkpoint_stage(path: str | os.PathLike) -> str:

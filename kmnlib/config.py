@@ -20,7 +20,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,18 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 DATA_ENV = "KMN_DATA"
 RESULTS_ENV = "KMN_RESULTS"
+
+#: Default working-memory budget of one chunk of the memory read's logits (bytes).
+READ_BUDGET_BYTES = 64 * 2**20
+#: Ways of computing the memory read (kmnlib.read_backends).
+READ_BACKENDS = ("torch", "native")
+#: The main evaluation set: always evaluated, and always first in a profile's ``eval_sets``.
+MAIN_EVAL_SET = "DAVIS-2016:val"
+#: Sets a profile's ``eval_sets`` may name → what under the data root shows the set is there
+#: (kmnlib.study.session refuses a named set without it, before any work starts).
+EVAL_SETS: dict[str, str] = {MAIN_EVAL_SET: "DAVIS-2016",
+                             "DAVIS-2017:val": "DAVIS-2017/ImageSets/2017/val.txt",
+                             "YouTube-VOS:valid": "YouTube-VOS/valid/meta.json"}
 
 
 def resolve_data_root(given: str | os.PathLike | None = None) -> Path:
@@ -115,9 +127,9 @@ class StageConfig:
     max_objects: int = 3
     n_frames: int = 3     # frames per training clip (STM: reference, then two predicted frames)
     # Hide-and-Seek (static stage only): grid cells per side and the ramp of the hiding probability.
-    has_grid: int = 24
-    has_p_start: float = 0.0
-    has_p_end: float = 0.5
+    hide_grid: int = 24
+    hide_p_start: float = 0.0
+    hide_p_end: float = 0.5
     # Video stage only: the maximum frame gap ramps from gap_start to gap_end over the stage.
     gap_start: int = 0
     gap_end: int = 25
@@ -166,7 +178,12 @@ class InferenceConfig:
     # 64 MiB: at 480p with 19-37 memory frames (ResNet-50 widths) a third of 256 MiB's working
     # memory and ~15 % faster (benchmarks/bench_memory_read.py --budgets); a mini read at 240p
     # still fits one chunk for every DAVIS-16 video, so the study's reads are unchanged.
-    read_budget_bytes: int = 64 * 2**20
+    read_budget_bytes: int = READ_BUDGET_BYTES
+    # How the memory read is computed (kmnlib.read_backends): "torch" is the reference
+    # (kmnlib.memory, plain PyTorch); "native" does the kernel's per-row work in one compiled pass
+    # on CPU float32 reads (the same floats, asserted in tests/test_read_backends.py) and is the
+    # reference wherever it cannot run (CUDA, float64, autograd).
+    read_backend: str = "native"
 
 
 @dataclass(frozen=True)
@@ -179,7 +196,9 @@ class Profile:
     # Static sets (folders under <data root>/static) and video sets used for training.
     static_sets: tuple[str, ...] = ("coco-panoptic-200", "weizmann-horse")
     video_sets: tuple[str, ...] = ("DAVIS-2016:train",)
-    eval_sets: tuple[str, ...] = ("DAVIS-2016:val",)
+    # Sets evaluated (keys of EVAL_SETS): DAVIS-2016 val, then any of DAVIS-2017 val (scored
+    # locally) and YouTube-VOS valid (predictions packaged for the evaluation server).
+    eval_sets: tuple[str, ...] = (MAIN_EVAL_SET,)
     amp: bool = True  # mixed precision, used on CUDA only
     seed: int = 0
 
@@ -221,7 +240,7 @@ class Profile:
     def validate(self) -> "Profile":
         """``self`` if every setting is in range, else a ``ValueError`` naming the setting: counts
         ≥ 1 (never replaced by a default), probabilities in [0, 1], crops multiples of
-        FEATURE_STRIDE, σ > 0, known backbone / precision / memory format."""
+        FEATURE_STRIDE, σ > 0, known backbone / precision / memory format / evaluation sets."""
         problems = []
 
         def need(ok: bool, path: str, what: str) -> None:
@@ -236,41 +255,16 @@ class Profile:
         need(m.memory_format in ("channels_last", "contiguous"), "model.memory_format",
              f"must be 'channels_last' or 'contiguous' (got {m.memory_format!r})")
         for stage in STAGES:
-            st: StageConfig = getattr(self, stage)
-            for name in ("iterations", "batch_size", "max_objects", "has_grid", "log_every",
-                         "checkpoint_every"):
-                need(getattr(st, name) >= 1, f"{stage}.{name}",
-                     f"must be >= 1 (got {getattr(st, name)})")
-            need(st.n_frames == 3, f"{stage}.n_frames", f"must be 3 (STM's step; got {st.n_frames})")
-            need(st.num_workers >= 0, f"{stage}.num_workers", f"must be >= 0 (got {st.num_workers})")
-            need(st.crop_size >= FEATURE_STRIDE and st.crop_size % FEATURE_STRIDE == 0,
-                 f"{stage}.crop_size", f"must be a positive multiple of {FEATURE_STRIDE} "
-                 f"(got {st.crop_size})")
-            need(st.has_grid <= st.crop_size, f"{stage}.has_grid",
-                 f"must not exceed the crop size (got {st.has_grid} > {st.crop_size})")
-            need(math.isfinite(st.lr) and st.lr > 0, f"{stage}.lr", f"must be > 0 (got {st.lr})")
-            for name in ("has_p_start", "has_p_end"):
-                need(0.0 <= getattr(st, name) <= 1.0, f"{stage}.{name}",
-                     f"must lie in [0, 1] (got {getattr(st, name)})")
-            need(0 <= st.gap_start <= st.gap_end, f"{stage}.gap_start/gap_end",
-                 f"must satisfy 0 <= start <= end (got {st.gap_start}, {st.gap_end})")
-            need(0.0 < st.ramp_fraction <= 1.0, f"{stage}.ramp_fraction",
-                 f"must lie in (0, 1] (got {st.ramp_fraction})")
-        for name, value in (("inference.sigma", inf.sigma),
-                            *((f"inference.sigma_sweep[{i}]", s)
-                              for i, s in enumerate(inf.sigma_sweep)),
-                            *((f"inference.extension_sigmas[{i}]", s)
-                              for i, s in enumerate(inf.extension_sigmas))):
-            need(value is None or (math.isfinite(value) and value > 0), name,
-                 f"must be > 0 or None for STM's read (got {value})")
-        need(inf.mem_every >= 1, "inference.mem_every", f"must be >= 1 (got {inf.mem_every})")
-        need(inf.infer_height is None or inf.infer_height >= FEATURE_STRIDE,
-             "inference.infer_height", f"must be >= {FEATURE_STRIDE} or None (got {inf.infer_height})")
-        need(inf.precision in ("fp32", "bf16"), "inference.precision",
-             f"must be 'fp32' or 'bf16' (got {inf.precision!r})")
-        need(inf.read_budget_bytes > 0, "inference.read_budget_bytes", "must be > 0")
+            _check_stage(need, stage, getattr(self, stage))
+        _check_inference(need, inf)
         need(bool(self.static_sets), "static_sets", "must name at least one static set")
         need(bool(self.video_sets), "video_sets", "must name at least one video set")
+        unknown = [s for s in self.eval_sets if s not in EVAL_SETS]
+        need(not unknown, "eval_sets", f"names unknown set(s) {unknown} (known: {list(EVAL_SETS)})")
+        need(self.eval_sets[:1] == (MAIN_EVAL_SET,), "eval_sets",
+             f"must start with {MAIN_EVAL_SET!r}, the main set (got {list(self.eval_sets)})")
+        need(len(set(self.eval_sets)) == len(self.eval_sets), "eval_sets",
+             f"must not repeat a set (got {list(self.eval_sets)})")
         need(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed})")
         if problems:
             raise ValueError(f"profile {self.name!r}: " + "; ".join(problems))
@@ -280,9 +274,71 @@ class Profile:
 STAGES = ("pretrain", "main")
 
 
+def _check_stage(need: Callable[[bool, str, str], None], stage: str, st: StageConfig) -> None:
+    """:meth:`Profile.validate`'s checks of one training stage's settings."""
+    for name in ("iterations", "batch_size", "max_objects", "hide_grid", "log_every",
+                 "checkpoint_every"):
+        need(getattr(st, name) >= 1, f"{stage}.{name}",
+             f"must be >= 1 (got {getattr(st, name)})")
+    need(st.n_frames == 3, f"{stage}.n_frames", f"must be 3 (STM's step; got {st.n_frames})")
+    need(st.num_workers >= 0, f"{stage}.num_workers", f"must be >= 0 (got {st.num_workers})")
+    need(st.crop_size >= FEATURE_STRIDE and st.crop_size % FEATURE_STRIDE == 0,
+         f"{stage}.crop_size", f"must be a positive multiple of {FEATURE_STRIDE} "
+         f"(got {st.crop_size})")
+    need(st.hide_grid <= st.crop_size, f"{stage}.hide_grid",
+         f"must not exceed the crop size (got {st.hide_grid} > {st.crop_size})")
+    need(math.isfinite(st.lr) and st.lr > 0, f"{stage}.lr", f"must be > 0 (got {st.lr})")
+    for name in ("hide_p_start", "hide_p_end"):
+        need(0.0 <= getattr(st, name) <= 1.0, f"{stage}.{name}",
+             f"must lie in [0, 1] (got {getattr(st, name)})")
+    need(0 <= st.gap_start <= st.gap_end, f"{stage}.gap_start/gap_end",
+         f"must satisfy 0 <= start <= end (got {st.gap_start}, {st.gap_end})")
+    need(0.0 < st.ramp_fraction <= 1.0, f"{stage}.ramp_fraction",
+         f"must lie in (0, 1] (got {st.ramp_fraction})")
+
+
+def _check_inference(need: Callable[[bool, str, str], None], inf: InferenceConfig) -> None:
+    """:meth:`Profile.validate`'s checks of the inference settings."""
+    for name, value in (("inference.sigma", inf.sigma),
+                        *((f"inference.sigma_sweep[{i}]", s)
+                          for i, s in enumerate(inf.sigma_sweep)),
+                        *((f"inference.extension_sigmas[{i}]", s)
+                          for i, s in enumerate(inf.extension_sigmas))):
+        need(value is None or (math.isfinite(value) and value > 0), name,
+             f"must be > 0 or None for STM's read (got {value})")
+    need(inf.mem_every >= 1, "inference.mem_every", f"must be >= 1 (got {inf.mem_every})")
+    need(inf.infer_height is None or inf.infer_height >= FEATURE_STRIDE,
+         "inference.infer_height", f"must be >= {FEATURE_STRIDE} or None (got {inf.infer_height})")
+    need(inf.precision in ("fp32", "bf16"), "inference.precision",
+         f"must be 'fp32' or 'bf16' (got {inf.precision!r})")
+    need(inf.read_budget_bytes > 0, "inference.read_budget_bytes", "must be > 0")
+    need(inf.read_backend in READ_BACKENDS, "inference.read_backend",
+         f"must be one of {READ_BACKENDS} (got {inf.read_backend!r})")
+
+
+#: Settings renamed since profiles were first recorded: old field name → new one. An override by
+#: the old name is refused (naming the new one); records written under the old names (profile.json,
+#: a checkpoint's profile and spec) are read through :func:`current_names`.
+RENAMED_SETTINGS: dict[str, str] = {"has_grid": "hide_grid", "has_p_start": "hide_p_start",
+                                    "has_p_end": "hide_p_end"}
+
+
+def current_names(record: Any) -> Any:
+    """A recorded profile (or part of one: a stage's settings, a checkpoint's spec) as nested
+    dicts/lists, with every key of :data:`RENAMED_SETTINGS` renamed; values are unchanged."""
+    if isinstance(record, Mapping):
+        return {RENAMED_SETTINGS.get(k, k): current_names(v) for k, v in record.items()}
+    if isinstance(record, (list, tuple)):
+        return type(record)(current_names(v) for v in record)
+    return record
+
+
 def _replace_path(obj: Any, parts: list[str], value: Any, path: str) -> Any:
     names = {f.name: f for f in fields(obj)}
     head = parts[0]
+    if head in RENAMED_SETTINGS and RENAMED_SETTINGS[head] in names:
+        new = ".".join([*path.split(".")[:-len(parts)], RENAMED_SETTINGS[head], *parts[1:]])
+        raise ValueError(f"override {path!r}: renamed to {new!r}")
     if head not in names or head == "name" and isinstance(obj, Profile):
         known = sorted(n for n in names if n != "name")
         raise ValueError(f"override {path!r}: unknown setting {head!r} of {type(obj).__name__} "
@@ -319,7 +375,7 @@ def check_type(value: Any, hint: Any, what: str) -> Any:
             return tuple(check_type(v, args[0], f"{what}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ValueError(f"{what}: expected {len(args)} values, got {value!r}")
-        return tuple(check_type(v, a, f"{what}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(check_type(v, a, f"{what}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -368,14 +424,14 @@ PAPER = Profile(
     # STM/KMN practice: pre-training on static images, then main training on DAVIS 2017 +
     # YouTube-VOS. Iteration counts: the order of magnitude of public STM re-implementations
     # (batch 4); the KMN paper does not state them, and they have not been run here (no GPU).
-    pretrain=StageConfig(iterations=300_000, batch_size=4, crop_size=384, has_grid=24,
+    pretrain=StageConfig(iterations=300_000, batch_size=4, crop_size=384, hide_grid=24,
                          num_workers=8, log_every=50, checkpoint_every=5000),
     main=StageConfig(iterations=150_000, batch_size=4, crop_size=384, gap_start=0, gap_end=25,
                      num_workers=8, log_every=50, checkpoint_every=5000),
     inference=InferenceConfig(sigma=7.0, mem_every=5, davis_resolution="480p"),
     static_sets=("MSRA10K", "ECSSD", "DUTS", "PASCAL-S", "PASCAL-VOC", "COCO"),
     video_sets=("DAVIS-2017:train", "YouTube-VOS:train"),
-    eval_sets=("DAVIS-2016:val", "DAVIS-2017:val"),
+    eval_sets=(MAIN_EVAL_SET, "DAVIS-2017:val", "YouTube-VOS:valid"),
 )
 
 MINI = Profile(
@@ -387,7 +443,7 @@ MINI = Profile(
     # one core each, at about 1.55 s/iteration (pretrain) and 1.2 s/iteration (main) here.
     # lr above the paper's 1e-5: a few hundred iterations from ImageNet weights, not 10^5.
     # num_workers=0: clip synthesis costs 0.03-0.06 s/iter, less than a worker process costs on 2 cores.
-    pretrain=StageConfig(iterations=500, batch_size=4, lr=1e-4, crop_size=192, has_grid=12,
+    pretrain=StageConfig(iterations=500, batch_size=4, lr=1e-4, crop_size=192, hide_grid=12,
                          num_workers=0, log_every=10, checkpoint_every=50),
     main=StageConfig(iterations=700, batch_size=4, lr=5e-5, crop_size=192, gap_start=0,
                      gap_end=25, video_resolution="240p", num_workers=0, log_every=10,
@@ -409,13 +465,40 @@ MINI = Profile(
 TEST = replace(MINI, name="test").with_overrides({
     "model.key_dim": 16, "model.value_dim": 32, "model.decoder_dim": 16,
     "pretrain.iterations": 4, "pretrain.batch_size": 2, "pretrain.crop_size": 96,
-    "pretrain.has_grid": 6, "pretrain.log_every": 1, "pretrain.checkpoint_every": 2,
+    "pretrain.hide_grid": 6, "pretrain.log_every": 1, "pretrain.checkpoint_every": 2,
     "main.iterations": 4, "main.batch_size": 2, "main.lr": 1e-4, "main.crop_size": 96,
     "main.gap_end": 5, "main.log_every": 1, "main.checkpoint_every": 2,
     "inference.infer_height": 96, "inference.sigma_sweep": (3.5, 7.0, None),
 })
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PAPER, MINI, TEST)}
+
+# Every leaf setting of a profile does something (tests/test_settings.py checks each one): it is in
+# the key of an evaluation run (kmnlib.study.runs.run_key) or in the spec a finished checkpoint
+# must match to be reused (kmnlib.training.trainer.run_spec), or it is listed in exactly one of
+# the two tables below, with the reason.
+
+#: Settings that change no result (the reason for each).
+NOT_AFFECTING_RESULTS: dict[str, str] = {
+    **{f"{st}.num_workers": "data-loading processes only: clip i is drawn from a generator "
+                            "seeded by (seed, i), the same clips for any number of workers"
+       for st in STAGES},
+    **{f"{st}.log_every": "how often a row of the training log is written" for st in STAGES},
+    **{f"{st}.checkpoint_every": "how often the resumable <run>.last.pt is saved; a resumed run "
+                                 "continues with the saved weights, optimizer and RNG state"
+       for st in STAGES},
+}
+
+#: Settings that select which evaluations and analyses the notebooks run; each run's own key
+#: says what it is (its σ, its dataset), so these change which runs exist, not a run's result.
+SELECTS_RUNS: dict[str, str] = {
+    "inference.sigma": "the headline kernel width: which KM read the tables and figures evaluate "
+                       "(notebooks 03, 04, 06, 07)",
+    "inference.sigma_sweep": "the σ of the ablation's sweep (notebook 04)",
+    "inference.extension_sigmas": "the extra σ tried on the distractor sets (notebooks 06, 07)",
+    "eval_sets": "the sets evaluated beyond DAVIS-2016 val (kmnlib.study.runs.extra_eval_sets, "
+                 "youtube_vos_splits)",
+}
 
 
 def get_profile(name: str) -> Profile:

@@ -74,8 +74,11 @@ def flush_denormals(enabled: bool = True) -> bool:
     (``enabled=False``: compute them as IEEE says, in every thread — the benchmarks' "before").
 
     Returns whether the check passed (every thread in the asked mode); if it did not (a runtime
-    other than libgomp, or a platform without one), warns once. Training and dataset inference
-    call it.
+    other than libgomp, or a platform without one), warns once. The mode is process state, so
+    entry points call it, not library functions: ``python -m kmnlib.train`` (each torchrun rank),
+    ``kmnlib.study.session.open_study`` (each notebook kernel), ``kmnlib.parallel``'s spawned
+    workers and the benchmark scripts. A script that calls ``run_dataset`` or ``train_stage``
+    itself calls this first.
     """
     global _warned
     want = 1.0 if enabled else 0.0

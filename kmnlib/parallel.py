@@ -19,7 +19,9 @@ from kmnlib.denormals import flush_denormals
 def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` in a worker process with one torch thread (workers share the CPU)."""
     torch.set_num_threads(1)
-    flush_denormals()   # as the training and inference entry points
+    # A spawned process is an entry point of its own (it inherits no CPU float mode): flush here,
+    # as the CLIs and open_study do, since library functions no longer flush for their callers.
+    flush_denormals()
     return fn(*args)
 
 

@@ -507,7 +507,7 @@ class StaticClipDataset(torch.utils.data.Dataset):
         self.sizes = np.array([len(f) for f in self.folders], dtype=np.int64)
         if self.sizes.sum() == 0:
             raise ValueError(f"no images in the static folders {[_root(f) for f in self.folders]}")
-        cell_edges(stage.crop_size, stage.has_grid)  # fail early on an impossible grid
+        cell_edges(stage.crop_size, stage.hide_grid)  # fail early on an impossible grid
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self.stage, self.hide, self.seed, self.fill = stage, hide, seed, fill
         self._perm: dict[int, np.ndarray] = {}
@@ -520,8 +520,8 @@ class StaticClipDataset(torch.utils.data.Dataset):
         if not self.hide:
             return 0.0
         st = self.stage
-        return has_probability(index // st.batch_size, st.iterations, st.has_p_start,
-                               st.has_p_end, st.ramp_fraction)
+        return has_probability(index // st.batch_size, st.iterations, st.hide_p_start,
+                               st.hide_p_end, st.ramp_fraction)
 
     def _load(self, flat: int) -> tuple[np.ndarray, np.ndarray, str]:
         f = int(np.searchsorted(self.offsets, flat, side="right") - 1)
@@ -542,7 +542,7 @@ class StaticClipDataset(torch.utils.data.Dataset):
             try:
                 frames, masks, hidden = synthesize_clip(
                     image, labels, size=st.crop_size, n_frames=st.n_frames, hide_p=p, rng=rng,
-                    grid=st.has_grid, max_objects=st.max_objects, aug=st.augment, fill=self.fill)
+                    grid=st.hide_grid, max_objects=st.max_objects, aug=st.augment, fill=self.fill)
             except NoObjectError:
                 tried.append(name)
                 flat = int(rng.integers(total))
@@ -558,7 +558,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     the video ``stage`` says. Item ``index`` belongs to step ``index // batch_size``, whose
     :func:`max_gap` bounds the gaps.
 
-    Items as :class:`StaticClipDataset` (``hidden`` all False on the stage's ``has_grid``) plus
+    Items as :class:`StaticClipDataset` (``hidden`` all False on the stage's ``hide_grid``) plus
     ``frame_indices`` long (T,).
     """
 
@@ -588,7 +588,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         frames, masks, idx = sample_video_clip(
             seq, size=st.crop_size, gap=self.max_gap(index), rng=rng, n_frames=st.n_frames,
             max_objects=st.max_objects, aug=st.augment, fill=self.fill)
-        hidden = np.zeros((st.n_frames, st.has_grid, st.has_grid), dtype=bool)
+        hidden = np.zeros((st.n_frames, st.hide_grid, st.hide_grid), dtype=bool)
         return _to_item(frames, masks, hidden, name=getattr(seq, "name", repr(seq)),
                         frame_indices=torch.tensor(idx, dtype=torch.long))
 

@@ -18,6 +18,7 @@ import torch
 
 from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
 from kmnlib.config import STAGES, get_profile, resolve_data_root, results_root
+from kmnlib.denormals import flush_denormals
 from kmnlib.training import TrainingDiverged, train_stage
 
 
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         if a.threads:
             torch.set_num_threads(a.threads)
+        # An entry point: every training process (each torchrun rank too) starts here.
+        flush_denormals()
         overrides: dict[str, object] = {}
         if a.iterations is not None:
             overrides[f"{a.stage}.iterations"] = a.iterations

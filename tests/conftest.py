@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kmnlib.config import resolve_data_root
+from kmnlib.denormals import flush_denormals
 
 
 def _find(name: str, marker: str) -> Path:
@@ -19,6 +20,14 @@ def _find(name: str, marker: str) -> Path:
         return path.resolve()
     pytest.skip(f"{name} not found ({path / marker} missing); run `make data` or set KMN_DATA, "
                 f"see data/README.md")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flushed_subnormals() -> None:
+    """The test session is an entry point like ``python -m kmnlib.train`` and ``open_study``:
+    subnormals flushed in every thread (library functions such as ``run_dataset``, ``Trainer.run``
+    and ``read_probe`` leave that to their caller). Subprocesses a test starts flush themselves."""
+    flush_denormals()
 
 
 @pytest.fixture(scope="session")

@@ -315,6 +315,8 @@ def test_study_missing_data_root_touches_nothing(capsys, earlier_study, tmp_path
     ('{"inference.sigma": -2}', "inference.sigma must be > 0"),
     ('{"eval_workers": 0}', "'eval_workers': must be >= 1"),
     ('{"seed": 1.5}', "'seed': expected int"),
+    ('{"pretrain.has_grid": 4}', "override 'pretrain.has_grid': renamed to 'pretrain.hide_grid'"),
+    ('{"eval_sets": ["DAVIS-2016:val", "DAVIS-2017:test"]}', "eval_sets names unknown set(s)"),
 ])
 def test_study_bad_overrides_touch_nothing(capsys, earlier_study, data_root, text, needle) -> None:
     if text.startswith("{") and not text.startswith("{not"):

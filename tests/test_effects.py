@@ -57,3 +57,43 @@ def test_effects_table_columns() -> None:
     d = np.ones((2, 5))
     rows = [paired_effect(_table(d), _table(0 * d), comparison="x", stage="s", read="r")]
     assert list(effects_table(rows).columns[:len(EFFECT_COLUMNS)]) == EFFECT_COLUMNS
+
+
+def test_seed_level_interval_is_a_t_interval_over_seed_means() -> None:
+    """Per-seed mean differences 3, 1, 2 (every sequence of a seed shifted alike): mean 2, sd 1,
+    t_.975 with 2 degrees of freedom 4.302653 (tables), t_.80 1.060660."""
+    d = np.array([3.0, 1.0, 2.0])[:, None] + np.zeros((3, 20))
+    row = paired_effect(_table(d), _table(np.zeros_like(d)), comparison="c", stage="s", read="r")
+    half = 4.302653 / np.sqrt(3)
+    assert row["seed_ci_low"] == pytest.approx(2 - half, rel=1e-5)
+    assert row["seed_ci_high"] == pytest.approx(2 + half, rel=1e-5)
+    assert row["seed_mde80"] == pytest.approx((4.302653 + 1.060660) / np.sqrt(3), rel=1e-5)
+
+
+def test_a_seed_effect_widens_the_seed_level_interval_only() -> None:
+    """Seeds that disagree (one training run helps, another hurts) and tight sequences: the crossed
+    bootstrap over three seeds can call the effect certain; the seed-level interval must not."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(60, 10, size=(3, 20))
+    shift = np.array([2.5, 0.2, 1.3])[:, None]                      # seed-level disagreement
+    row = paired_effect(_table(base + shift + rng.normal(0, 0.1, size=base.shape)), _table(base),
+                        comparison="c", stage="s", read="r")
+    assert row["seed_ci_high"] - row["seed_ci_low"] > 2 * (row["ci_high"] - row["ci_low"])
+    assert row["seed_ci_low"] < row["mean_diff"] < row["seed_ci_high"]
+
+
+def test_seed_level_finds_a_consistent_effect_and_none_where_there_is_none() -> None:
+    rng = np.random.default_rng(4)
+    base = rng.normal(60, 10, size=(5, 20))
+    real = paired_effect(_table(base + 2.0 + rng.normal(0, 1, size=base.shape)), _table(base),
+                         comparison="c", stage="s", read="r")
+    assert 0 < real["seed_ci_low"] < 2.0 < real["seed_ci_high"]
+    null = paired_effect(_table(base + rng.normal(0, 1, size=base.shape)), _table(base),
+                         comparison="c", stage="s", read="r")
+    assert null["seed_ci_low"] < 0 < null["seed_ci_high"]
+
+
+def test_one_seed_has_no_seed_level_interval() -> None:
+    d = np.arange(20, dtype=float)[None]
+    row = paired_effect(_table(d), _table(np.zeros_like(d)), comparison="c", stage="s", read="r")
+    assert np.isnan(row["seed_ci_low"]) and np.isnan(row["seed_ci_high"]) and np.isnan(row["seed_mde80"])

@@ -47,9 +47,9 @@ def test_profiles_are_consistent() -> None:
     for name in ("mini", "paper", "test"):
         p = get_profile(name)
         # A Hide-and-Seek cell stays one key-feature cell (stride 16).
-        assert p.pretrain.crop_size == 16 * p.pretrain.has_grid
+        assert p.pretrain.crop_size == 16 * p.pretrain.hide_grid
         assert p.pretrain.crop_size % 16 == 0 and p.main.crop_size % 16 == 0
     paper = get_profile("paper")
     assert (paper.pretrain.lr, paper.main.lr, paper.main.batch_size) == (1e-5, 1e-5, 4)
-    assert (paper.main.crop_size, paper.pretrain.has_grid, paper.pretrain.has_p_end) == (384, 24, 0.5)
+    assert (paper.main.crop_size, paper.pretrain.hide_grid, paper.pretrain.hide_p_end) == (384, 24, 0.5)
     assert paper.main.gap_end == 25 and paper.inference.sigma == 7.0 and paper.inference.mem_every == 5

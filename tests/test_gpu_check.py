@@ -1,6 +1,8 @@
-"""benchmarks/gpu_check.py: its CPU smoke run (what CI can run without a GPU) and its verdicts."""
+"""benchmarks/gpu_check.py: its CPU smoke run (what CI can run without a GPU), its guard of the committed
+record, and its verdicts and JSON helpers (benchmarks/gpucheck/verdicts.py, report.py)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -26,13 +28,18 @@ def _load_module():
     return mod
 
 
-check = _load_module()
+check = _load_module()   # the command line; it puts benchmarks/ on sys.path for its package
+
+from gpucheck import report, verdicts  # noqa: E402
 
 
-def _run(out: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(out: Path | None, *extra: str, timeout: int = 300,
+         env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CPU smoke run; ``out=None`` leaves ``--out`` to its default."""
     # One torch thread: the CPU is shared (tests/test_train.py measured 10x slower runs with two).
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--threads", "1", "--out", str(out), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), **(env_extra or {}))
+    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--threads", "1",
+           *(["--out", str(out)] if out is not None else []), *extra]
     return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -89,7 +96,7 @@ def test_cpu_smoke_runs_every_section_and_writes_finite_numbers(smoke) -> None:
         assert rows and all(r["status"] in ("PASS", "SKIP")
                             or (r["status"] == "WARN" and "reported only" in r["note"])
                             for r in rows), rows
-    assert check.nonfinite_paths(doc) == []
+    assert report.nonfinite_paths(doc) == []
     assert all(math.isfinite(x) for x in _numbers(doc))
     # Only the TF32 comparison is skipped on the CPU; every other check ran.
     skipped = [r["check"] for r in doc["rows"] if r["status"] == "SKIP"]
@@ -147,7 +154,28 @@ def test_a_resume_that_restarts_is_caught(tmp_path: Path, data_root: Path) -> No
     assert row["status"] == "FAIL"
 
 
-# --- the verdicts alone -------------------------------------------------------------------------
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def test_without_out_the_committed_record_is_not_touched(tmp_path: Path, data_subset: Path) -> None:
+    """No ``--out``: the JSON goes to the temporary folder, and benchmarks/gpu_check.json (the H200
+    record) keeps its bytes. A 1 s watchdog makes the run short; it writes what was done and exits 3."""
+    record = REPO_ROOT / "benchmarks" / "gpu_check.json"
+    assert check.RECORD == record.resolve()
+    assert check.parse_args([]).out == check.default_out() != check.RECORD
+    before = _sha256(record)
+    res = _run(None, "--sections", "device", "--timeout-s", "1", "--data-root", str(data_subset),
+               env_extra={"TMPDIR": str(tmp_path)})
+    assert _sha256(record) == before
+    assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
+    written = tmp_path / "gpu_check.json"
+    assert f"wrote {written.resolve()}" in res.stdout
+    doc = json.loads(written.read_text())
+    assert doc["mode"] == "cpu-smoke" and doc["aborted"].startswith("global timeout")
+
+
+# --- gpucheck.verdicts -------------------------------------------------------------------------
 def _resumed(**changes) -> dict:
     info = {"kill_step": 50, "total": 60, "ckpt_step": 50, "resumed_steps": list(range(51, 61)),
             "log_steps": list(range(1, 61)), "final_step": 60, "final_finished": True,
@@ -158,23 +186,23 @@ def _resumed(**changes) -> dict:
 
 
 def test_resume_verdict_accepts_a_continued_run_and_names_each_failure() -> None:
-    assert check.resume_verdict(_resumed()) == []
-    assert check.resume_verdict(_resumed(adam_step_final=55)) == []   # AMP may skip steps
+    assert verdicts.resume_verdict(_resumed()) == []
+    assert verdicts.resume_verdict(_resumed(adam_step_final=55)) == []   # AMP may skip steps
     restarted = _resumed(resumed_steps=list(range(1, 61)), adam_step_final=57 - 47)
-    why = " ".join(check.resume_verdict(restarted))
+    why = " ".join(verdicts.resume_verdict(restarted))
     assert "resumed run did iterations" in why and "optimizer state not continued" in why
-    assert "checkpoint left by the kill" in " ".join(check.resume_verdict(_resumed(ckpt_step=40)))
-    assert "weights moved" in " ".join(check.resume_verdict(_resumed(first_step_change=4e-4)))
-    assert "training log" in " ".join(check.resume_verdict(_resumed(log_steps=[1, 2, 51])))
-    assert ".last.pt" in " ".join(check.resume_verdict(_resumed(last_left=True)))
-    assert check.resume_verdict(_resumed(first_step_change=float("nan")))   # NaN never passes
+    assert "checkpoint left by the kill" in " ".join(verdicts.resume_verdict(_resumed(ckpt_step=40)))
+    assert "weights moved" in " ".join(verdicts.resume_verdict(_resumed(first_step_change=4e-4)))
+    assert "training log" in " ".join(verdicts.resume_verdict(_resumed(log_steps=[1, 2, 51])))
+    assert ".last.pt" in " ".join(verdicts.resume_verdict(_resumed(last_left=True)))
+    assert verdicts.resume_verdict(_resumed(first_step_change=float("nan")))   # NaN never passes
 
 
 def test_adam_bound_holds_for_adversarial_gradients() -> None:
     import torch
 
     for t in (1, 5, 51):
-        bound = check.adam_step_bound(t, 1.0)
+        bound = verdicts.adam_step_bound(t, 1.0)
         # Gradients of growing size with one sign: the largest update Adam can make at step t.
         g = torch.tensor([0.001 * 1.11 ** i for i in range(t)], dtype=torch.float64)
         p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -185,17 +213,24 @@ def test_adam_bound_holds_for_adversarial_gradients() -> None:
             p.grad = gi.view(1)
             opt.step()
         assert abs(float(p.detach()) - before) <= bound * (1 + 1e-9)
-    assert 1.0 <= check.adam_step_bound(5, 1.0) < 1.02 and 1.6 < check.adam_step_bound(51, 1.0) < 1.7
+    assert 1.0 <= verdicts.adam_step_bound(5, 1.0) < 1.02 and 1.6 < verdicts.adam_step_bound(51, 1.0) < 1.7
 
 
-def test_loss_trend_and_json_sanitising() -> None:
-    assert check.loss_trend([3.0, 2.0, 1.0, 1.0, 0.5])["decreasing"]
-    assert not check.loss_trend([1.0, 1.0, 2.0])["decreasing"]
-    bad = check.loss_trend([1.0, float("nan"), 0.5])
+def test_loss_trend() -> None:
+    assert verdicts.loss_trend([3.0, 2.0, 1.0, 1.0, 0.5])["decreasing"]
+    assert not verdicts.loss_trend([1.0, 1.0, 2.0])["decreasing"]
+    bad = verdicts.loss_trend([1.0, float("nan"), 0.5])
     assert not bad["finite"] and not bad["decreasing"]
-    doc = check.to_jsonable({"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)})
+
+
+# --- gpucheck.report ---------------------------------------------------------------------------
+def test_json_sanitising() -> None:
+    doc = report.to_jsonable({"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)})
     json.dumps(doc, allow_nan=False)
-    assert check.nonfinite_paths(doc) == [".a", ".b[1]"]
+    assert report.nonfinite_paths(doc) == [".a", ".b[1]"]
+
+
+# --- benchmarks/gpu_data_subset.py -------------------------------------------------------------
 
 
 def test_data_subset_holds_what_the_check_reads_and_nothing_a_user_made_is_replaced(

@@ -4,18 +4,19 @@ BatchNorm folded vs not, channels-last vs contiguous weights, Winograd vs direct
 bf16 autocast is opt-in and only close (its accuracy on DAVIS is in benchmarks/README.md)."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
-from kmnlib.checkpoints import prepare_for_inference
-from kmnlib.config import MINI, PAPER
+from kmnlib.checkpoints import load_model, save_checkpoint
+from kmnlib.config import MINI, PAPER, TEST
 from kmnlib.data import DAVISDataset, frames_to_tensor
 from kmnlib.inference import segment_video
 from kmnlib.model import build_model
 from kmnlib.model.fold import fold_batchnorm
 from kmnlib.model.ops import resize_frames, resize_labels
+from kmnlib.model.prepare import prepare_for_inference
 from kmnlib.model.winograd import MIN_CHANNELS, WinogradConv2d, winograd_convolutions
 
 CONFIGS = {"lite0": MINI.model, "resnet50": replace(PAPER.model, pretrained=False)}
@@ -123,3 +124,34 @@ def test_prepare_for_inference_in_place_keeps_one_network() -> None:
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(expected.encode_query(x)[1], same.encode_query(x)[1])
+
+
+def _has(model: torch.nn.Module, kind: type) -> bool:
+    return any(isinstance(m, kind) for m in model.modules())
+
+
+def test_load_model_is_prepared_for_inference_unless_asked_otherwise(clip, tmp_path) -> None:
+    # The test widths with a decoder wide enough for Winograd (MIN_CHANNELS), no ImageNet file.
+    cfg = replace(TEST.model, decoder_dim=MIN_CHANNELS, pretrained=False)
+    torch.manual_seed(0)
+    trained = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has work to do
+        for m in trained.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    path = save_checkpoint(tmp_path / "net.pt", {"model": trained.state_dict(),
+                                                 "profile": {"model": asdict(cfg)}})
+    fast = load_model(path)                    # the documented path: the fast network
+    raw = load_model(path, inference=None)     # the network as trained
+    assert not fast.training and not raw.training
+    assert not _has(fast, torch.nn.BatchNorm2d) and _has(fast, WinogradConv2d)
+    assert _has(raw, torch.nn.BatchNorm2d) and not _has(raw, WinogradConv2d)
+    assert raw.state_dict().keys() == trained.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(),
+                                                 trained.state_dict().values()))
+    folded = load_model(path, inference=replace(PAPER.inference, winograd=False))  # as asked
+    assert not _has(folded, torch.nn.BatchNorm2d) and not _has(folded, WinogradConv2d)
+    frames, mask = clip
+    a, _ = segment_video(raw, frames[:3], mask, sigma=3.5, mem_every=5)
+    b, _ = segment_video(fast, frames[:3], mask, sigma=3.5, mem_every=5)
+    assert (a - b).abs().max() <= 1e-4

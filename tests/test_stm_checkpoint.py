@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,9 +11,11 @@ import torch.nn.functional as F
 import torchvision
 
 import kmnlib
+from kmnlib.config import PAPER
 from kmnlib.memory import memory_read
 from kmnlib.model import KMN, build_model
 from kmnlib.model.stm_checkpoint import load_stm_checkpoint, stm_model_config, to_stm_state_dict
+from kmnlib.model.winograd import WinogradConv2d
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def _run(model: KMN) -> torch.Tensor:
 def test_round_trip_reproduces_outputs_exactly(source: KMN, data_parallel: bool, tmp_path) -> None:
     path = tmp_path / "STM_weights.pth"
     torch.save(to_stm_state_dict(source, data_parallel=data_parallel), path)
-    loaded = kmnlib.load_stm_checkpoint(path)
+    loaded = kmnlib.load_stm_checkpoint(path, inference=None)   # the raw network
     assert not loaded.training and loaded.cfg.backbone == "resnet50"
     for (k1, a), (k2, b) in zip(source.state_dict().items(), loaded.state_dict().items()):
         assert k1 == k2 and torch.equal(a, b), k1
@@ -96,6 +99,23 @@ def test_round_trip_reproduces_outputs_exactly(source: KMN, data_parallel: bool,
     original = torch.load(path, weights_only=True)
     assert list(again) == list(original)
     assert all(torch.equal(again[k], original[k]) for k in original)
+
+
+def _has(model: torch.nn.Module, kind: type) -> bool:
+    return any(isinstance(m, kind) for m in model.modules())
+
+
+def test_default_load_is_prepared_for_inference(source: KMN, stm_state) -> None:
+    fast = load_stm_checkpoint(stm_state)                      # the documented path
+    raw = load_stm_checkpoint(stm_state, inference=None)
+    assert not fast.training and not raw.training
+    assert not _has(fast, torch.nn.BatchNorm2d) and _has(fast, WinogradConv2d)
+    assert _has(raw, torch.nn.BatchNorm2d) and not _has(raw, WinogradConv2d)
+    # The switches of the config given are honoured: folded only.
+    folded = load_stm_checkpoint(stm_state, inference=replace(PAPER.inference, winograd=False))
+    assert not _has(folded, torch.nn.BatchNorm2d) and not _has(folded, WinogradConv2d)
+    # Another computation, the same probabilities (tests/test_optimisations.py's bound).
+    assert (_run(fast) - _run(source)).abs().max() <= 1e-4
 
 
 def _official_stm_probs(state: dict[str, torch.Tensor], frame: torch.Tensor, masks: torch.Tensor,
@@ -150,7 +170,7 @@ def _official_stm_probs(state: dict[str, torch.Tensor], frame: torch.Tensor, mas
 
 def test_loaded_model_computes_what_the_official_keys_mean(source: KMN) -> None:
     state = to_stm_state_dict(source)
-    model = load_stm_checkpoint(state)
+    model = load_stm_checkpoint(state, inference=None)
     gen = torch.Generator().manual_seed(2)
     frame, query = torch.rand(1, 3, 48, 64, generator=gen), torch.rand(1, 3, 48, 64, generator=gen)
     masks = torch.zeros(2, 48, 64)
@@ -203,7 +223,7 @@ def test_tolerated_absences_and_checked_constants(source: KMN, stm_state) -> Non
     state = OrderedDict((k, v) for k, v in stm_state.items()
                         if not k.endswith(("num_batches_tracked", ".mean", ".std")))
     assert len(state) < len(stm_state)
-    assert torch.equal(_run(load_stm_checkpoint(state)), _run(source))
+    assert torch.equal(_run(load_stm_checkpoint(state, inference=None)), _run(source))
     bad = OrderedDict(stm_state)
     bad["module.Encoder_Q.std"] = torch.ones(1, 3, 1, 1)
     with pytest.raises(ValueError, match=r"wrong constants \(1\): module\.Encoder_Q\.std"):

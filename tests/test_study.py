@@ -173,8 +173,9 @@ def test_predict_youtube_vos_writes_a_server_submission(youtube_valid, davis_roo
     (data / "DAVIS-2016").symlink_to(davis_root)
     (data / "static").symlink_to(static_root)
     s = session.open_study("test", {"data_root": str(data), "out_dir": str(data.parent / "out"),
-                                    "pretrain.iterations": 1})
-    assert runs.youtube_vos_splits(s) == ["valid"]
+                                    "pretrain.iterations": 1,
+                                    "eval_sets": ["DAVIS-2016:val", "YouTube-VOS:valid"]})
+    assert runs.youtube_vos_splits(s) == ["valid"] and runs.extra_eval_sets(s) == []
     ckpt = training.pretrained(s, hide=True)
     res = runs.predict_youtube_vos(s, ckpt, "has", sigma=7.0, split="valid")
     assert not res["cached"] and res["videos"] == 1 and res["s_per_frame"] > 0
@@ -310,3 +311,17 @@ def test_summary_prints_the_studys_tables(smoke_run: Path, capsys) -> None:
     t03 = pd.read_csv(smoke_run / "tables" / "03_davis16_val.csv")
     assert f"| {t03['J&F'].iloc[0]:.1f} |" in out
     assert summary.main([str(smoke_run / "nothing")]) == 2
+
+
+def test_run_keys_name_checkpoints_relative_to_the_repository(tmp_path) -> None:
+    from kmnlib.config import REPO_ROOT
+
+    inside = REPO_ROOT / "results" / "mini" / "profile.json"   # a committed file in the repo
+    assert runs._fingerprint(inside)["path"] == "results/mini/profile.json"
+    outside = tmp_path / "ck.pt"
+    outside.write_bytes(b"x")
+    assert runs._fingerprint(outside)["path"] == str(outside.resolve())
+    # The committed run records hold such paths too (not the folders of the machine that ran them).
+    for marker in (REPO_ROOT / "results").glob("*/*/run.json"):
+        path = json.loads(marker.read_text())["checkpoint"]["path"]
+        assert not Path(path).is_absolute() and path.startswith("results/"), (marker, path)

@@ -208,7 +208,7 @@ def coco():
 
 
 def test_static_dataset_items_deterministic_and_ramped(coco) -> None:
-    stage = StageConfig(iterations=10, batch_size=2, crop_size=96, has_grid=6, max_objects=3)
+    stage = StageConfig(iterations=10, batch_size=2, crop_size=96, hide_grid=6, max_objects=3)
     ds = StaticClipDataset([coco], stage, hide=True, seed=0, fill=FILL)
     assert len(ds) == 20 and ds.hide_p(0) == 0.0 and ds.hide_p(19) == pytest.approx(0.45)
     item = ds[15]
@@ -241,7 +241,7 @@ def test_static_dataset_names_the_image_without_objects(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="empty-set/blank"):
         StaticClipDataset([Folder()], StageConfig(iterations=1, batch_size=1, crop_size=32,
-                                                  has_grid=4), hide=True, seed=0, fill=FILL)[0]
+                                                  hide_grid=4), hide=True, seed=0, fill=FILL)[0]
 
 
 # ------------------------------------------------------------------------------- video clips
@@ -318,7 +318,7 @@ def davis_train():
 
 def test_video_dataset_on_davis_train(davis_train) -> None:
     seqs = [davis_train[i] for i in range(len(davis_train))]
-    stage = StageConfig(iterations=6, batch_size=2, crop_size=96, has_grid=6, max_objects=3,
+    stage = StageConfig(iterations=6, batch_size=2, crop_size=96, hide_grid=6, max_objects=3,
                         gap_start=0, gap_end=25)
     ds = VideoClipDataset(seqs, stage, seed=0, fill=FILL)
     assert ds.max_gap(0) == 0 and ds.max_gap(11) == 21

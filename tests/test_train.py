@@ -177,7 +177,7 @@ def test_loss_map_pair_shares_geometry_and_reports_hidden_cells(static_root: Pat
     maps = loss_map_pair(model, image, labels, cfg, hide_p=0.5, seed=7, fill=(0.5, 0.5, 0.5))
     plain, hidden = maps["plain"], maps["hidden"]
     s = cfg.crop_size
-    assert plain["loss"].shape == (2, s, s) and plain["hidden"].shape == (3, cfg.has_grid, cfg.has_grid)
+    assert plain["loss"].shape == (2, s, s) and plain["hidden"].shape == (3, cfg.hide_grid, cfg.hide_grid)
     assert not plain["hidden"].any() and hidden["hidden"].any()
     assert (plain["loss"] >= 0).all() and torch.isfinite(hidden["loss"]).all()
     # Same rng seed → same frames wherever nothing was hidden.
@@ -190,7 +190,9 @@ def test_loss_map_pair_shares_geometry_and_reports_hidden_cells(static_root: Pat
 DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from kmnlib.config import get_profile
+    from kmnlib.denormals import flush_denormals
     from kmnlib.training import train_stage
+    flush_denormals()   # as python -m kmnlib.train does in every rank
     rank = int(os.environ["RANK"])
     out, dump, data_root = sys.argv[1], sys.argv[2], sys.argv[3]
     losses = []

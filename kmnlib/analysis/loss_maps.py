@@ -3,6 +3,7 @@ without Hide-and-Seek, and its mean near ground-truth boundaries, hidden-cell ed
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from kmnlib.config import StageConfig
+from kmnlib.config import Profile, StageConfig
 from kmnlib.data import open_static_dataset
 from kmnlib.data.masks import VOID
-from kmnlib.study.session import Study
 from kmnlib.synthesis import NoObjectError, hidden_pixels, synthesize_clip
 from kmnlib.training.batches import clip_fill
 from kmnlib.training.step import clip_cross_entropy, clip_logits
@@ -72,7 +72,7 @@ def synthesized_pair(image: np.ndarray, mask: np.ndarray, stage: StageConfig, *,
     for key, p in (("plain", 0.0), ("hidden", float(hide_p))):
         frames, masks, hidden = synthesize_clip(
             image, mask, size=stage.crop_size, n_frames=stage.n_frames, hide_p=p,
-            grid=stage.has_grid, max_objects=stage.max_objects, aug=stage.augment,
+            grid=stage.hide_grid, max_objects=stage.max_objects, aug=stage.augment,
             rng=np.random.default_rng(seed), fill=fill)
         out[key] = {"frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
                     "masks": torch.from_numpy(masks.astype(np.int64)), "num_objects": int(masks[0].max()),
@@ -89,15 +89,18 @@ def loss_map_pair(model: nn.Module, image: np.ndarray, mask: np.ndarray, stage: 
     return {k: loss_map(model, clip, device=device, sigma=sigma) for k, clip in pair.items()}
 
 
-def loss_map_examples(study: Study, model: nn.Module, *, n: int) -> list[dict[str, Any]]:
-    """Loss maps (:func:`kmnlib.train.loss_map_pair`) of ``n`` static images: ``plain`` and ``hidden``.
+def loss_map_examples(model: nn.Module, profile: Profile, data_root: str | os.PathLike, *, n: int,
+                      device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+    """Loss maps (:func:`loss_map_pair`) of ``n`` static images: ``plain`` and ``hidden``.
 
-    Images are drawn with a seeded rng from the profile's static sets; the hiding probability is
-    the end value of the pre-training ramp, grid and crop size those of pre-training.
+    Images are drawn with a rng seeded by ``profile.seed`` from the profile's static sets under
+    ``data_root``; the hiding probability is the end value of the pre-training ramp, grid and crop
+    size those of pre-training. (A study passes ``study.profile, study.data_root,
+    device=study.device``.)
     """
-    cfg = study.profile.pretrain
-    sets = [open_static_dataset(name, study.data_root) for name in study.profile.static_sets]
-    rng = np.random.default_rng(study.profile.seed)
+    cfg = profile.pretrain
+    sets = [open_static_dataset(name, data_root) for name in profile.static_sets]
+    rng = np.random.default_rng(profile.seed)
     out: list[dict[str, Any]] = []
     for attempt in range(10 * n):
         if len(out) == n:
@@ -105,9 +108,9 @@ def loss_map_examples(study: Study, model: nn.Module, *, n: int) -> list[dict[st
         ds = sets[attempt % len(sets)]
         image, labels, name = ds[int(rng.integers(len(ds)))]
         try:
-            pair = loss_map_pair(model, image, labels, cfg, hide_p=cfg.has_p_end,
-                                 seed=study.profile.seed + attempt, fill=clip_fill(study.profile),
-                                 device=study.device)
+            pair = loss_map_pair(model, image, labels, cfg, hide_p=cfg.hide_p_end,
+                                 seed=profile.seed + attempt, fill=clip_fill(profile),
+                                 device=device)
         except NoObjectError:
             continue  # an image whose objects vanish in every crop; take another
         out.append({"name": f"{Path(str(getattr(ds, 'root', ''))).name}/{name}", **pair})

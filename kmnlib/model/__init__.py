@@ -1,4 +1,5 @@
-"""The network: backbones, encoders, key/value heads, decoder (:class:`KMN`), STM checkpoints."""
+"""The network: backbones, encoders, key/value heads, decoder (:class:`KMN`), its preparation for
+inference (:func:`prepare_for_inference`), STM checkpoints."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,10 +9,11 @@ import torch
 from kmnlib.config import ModelConfig
 from kmnlib.model.network import KMN
 from kmnlib.model.ops import pad_divide_by, soft_aggregate, unpad
+from kmnlib.model.prepare import prepare_for_inference
 from kmnlib.model.stm_checkpoint import load_stm_checkpoint, to_stm_state_dict
 
 __all__ = ["KMN", "build_model", "pad_divide_by", "unpad", "soft_aggregate",
-           "load_stm_checkpoint", "to_stm_state_dict"]
+           "prepare_for_inference", "load_stm_checkpoint", "to_stm_state_dict"]
 
 
 def build_model(cfg: Any) -> KMN:

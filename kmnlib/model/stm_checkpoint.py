@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from kmnlib.config import PAPER, ModelConfig
+from kmnlib.config import PAPER, InferenceConfig, ModelConfig
 from kmnlib.model.backbones import input_normalisation
 from kmnlib.model.network import KMN
+from kmnlib.model.prepare import prepare_for_inference
 
 # (official STM prefix, our prefix). Trailing dots keep "Encoder_M.conv1." apart from "conv1_m.".
 STM_TO_KMN: tuple[tuple[str, str], ...] = (
@@ -160,8 +161,14 @@ def from_stm_state_dict(state: Mapping[str, torch.Tensor], reference: Mapping[st
     return OrderedDict((k, out[k]) for k in reference)
 
 
-def load_stm_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tensor]) -> KMN:
-    """A ResNet-50 :class:`KMN` in eval mode carrying the official STM weights.
+def load_stm_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tensor], *,
+                        inference: InferenceConfig | None = InferenceConfig()) -> KMN:
+    """A ResNet-50 :class:`KMN` in eval mode carrying the official STM weights, prepared for
+    inference as ``inference`` asks (:func:`kmnlib.model.prepare.prepare_for_inference`: by
+    default BatchNorm folded and Winograd convolutions on CPU; outputs equal the raw network's up
+    to float rounding). ``inference=None``: the raw network, its state dict the file's tensor for
+    tensor (to compare with the official code, to fine-tune, to re-export with
+    :func:`to_stm_state_dict`).
 
     Accepts a path to ``STM_weights.pth`` or an already loaded state dict, with or without
     DataParallel's ``module.`` prefix. Loading is strict (see the module docstring).
@@ -181,4 +188,7 @@ def load_stm_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tens
             raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     model = KMN(stm_model_config())
     model.load_state_dict(from_stm_state_dict(state, model.state_dict(), source=source), strict=True)
-    return model.eval()
+    model.eval()
+    if inference is None:
+        return model
+    return prepare_for_inference(model, inference, in_place=True)

@@ -13,7 +13,7 @@ from kmnlib.study.runs import PAIRS_VAL, TWIN_VAL, EvalJob, davis
 from kmnlib.study.session import Study
 from kmnlib.study.tables import (LABEL_COLUMNS, Comparison, Results, jf_from_global,
                                  per_sequence_table, row_labels)
-from kmnlib.study.training import STAGE_LABELS, Model
+from kmnlib.study.training import STAGE_LABELS, TrainedCheckpoint
 
 SET_NAMES = {TWIN_VAL: "DAVIS-16 val + twin", PAIRS_VAL: "DAVIS-16 val pairs"}
 
@@ -27,12 +27,12 @@ class DistractorTable:
     twin set only), s/frame, run."""
 
     study: Study
-    models: Sequence[Model]
+    models: Sequence[TrainedCheckpoint]
     reads: Sequence[float | None]
-    oracle_models: Sequence[Model] = ()
+    oracle_models: Sequence[TrainedCheckpoint] = ()
     extension_sigmas: Sequence[float] = ()
 
-    def _triples(self) -> list[tuple[Model, float | None, EvalJob]]:
+    def _triples(self) -> list[tuple[TrainedCheckpoint, float | None, EvalJob]]:
         out = [(m, s, EvalJob(m.checkpoint, m.tag, s, ds))
                for ds in (TWIN_VAL, PAIRS_VAL) for m in self.models for s in self.reads]
         out += [(m, s, EvalJob(m.checkpoint, m.tag, s, TWIN_VAL))

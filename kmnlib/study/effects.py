@@ -8,6 +8,13 @@ of variation a reader would generalise over (other videos, other training runs).
 
 The smallest effect the data could have detected (``mde80``) is ``(z_.975 + z_.80) · se``: a true
 difference that large would exclude 0 from the interval about 80 % of the time.
+
+With few seeds the crossed bootstrap understates the seed-to-seed variation (it resamples 3 seeds
+as if they were many). Beside it, every effect carries a **seed-level** interval that treats seeds
+as the unit (:func:`seed_level`): a t interval over the per-seed mean differences (each the mean
+over the same sequences), ``mean ± t_{.975, n−1} · sd/√n`` with ``n`` seeds, and its smallest
+detectable effect ``(t_{.975, n−1} + t_{.80, n−1}) · sd/√n``. With one seed there is none (NaN).
+The study's claims are read off the seed-level interval.
 """
 from __future__ import annotations
 
@@ -15,10 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 Z_975, Z_80 = 1.959964, 0.841621
 EFFECT_COLUMNS = ["comparison", "stage", "read", "seeds", "n_sequences", "mean_diff", "ci_low",
-                  "ci_high", "se", "mde80"]
+                  "ci_high", "se", "mde80", "seed_ci_low", "seed_ci_high", "seed_mde80"]
 
 
 def paired_differences(a: pd.DataFrame, b: pd.DataFrame, *, metric: str = "J&F") -> pd.DataFrame:
@@ -61,15 +69,30 @@ def bootstrap_mean(diff: pd.DataFrame, *, n_boot: int = 10_000, seed: int = 0
     return float(d.mean()), float(low), float(high), float(means.std(ddof=1))
 
 
+def seed_level(diff: pd.DataFrame) -> tuple[float, float, float]:
+    """(2.5 %, 97.5 %, mde80) of the mean difference with seeds as the unit: a t interval over the
+    per-seed means of a seeds × sequences table of differences (NaN with fewer than two seeds)."""
+    per_seed = diff.to_numpy(dtype=float).mean(axis=1)
+    n = per_seed.size
+    if n < 2:
+        return float("nan"), float("nan"), float("nan")
+    se = float(per_seed.std(ddof=1)) / np.sqrt(n)
+    t975, t80 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.80, n - 1)
+    mean = float(per_seed.mean())
+    return mean - t975 * se, mean + t975 * se, float((t975 + t80) * se)
+
+
 def paired_effect(a: pd.DataFrame, b: pd.DataFrame, *, comparison: str, stage: str, read: str,
                   metric: str = "J&F", n_boot: int = 10_000, seed: int = 0) -> dict[str, object]:
     """One row of an effects table: ``a − b`` pooled over the seeds both tables hold."""
     diff = paired_differences(a, b, metric=metric)
     mean, low, high, se = bootstrap_mean(diff, n_boot=n_boot, seed=seed)
+    seed_low, seed_high, seed_mde = seed_level(diff)
     return {"comparison": comparison, "stage": stage, "read": read,
             "seeds": " ".join(str(s) for s in diff.index), "n_sequences": diff.shape[1],
             "mean_diff": mean, "ci_low": low, "ci_high": high, "se": se,
-            "mde80": (Z_975 + Z_80) * se}
+            "mde80": (Z_975 + Z_80) * se, "seed_ci_low": seed_low, "seed_ci_high": seed_high,
+            "seed_mde80": seed_mde}
 
 
 def effects_table(rows: Sequence[dict[str, object]]) -> pd.DataFrame:

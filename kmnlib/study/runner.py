@@ -242,6 +242,8 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # No flush_denormals here: this process computes nothing; each notebook runs in a kernel of
+    # its own, whose first call (session.open_study) flushes subnormals there.
     ap = argparse.ArgumentParser(prog="python -m kmnlib.study", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="mini", help="profile in kmnlib/config.py (default: mini)")
     ap.add_argument("--out-dir", type=Path, default=None, help="default: results/<profile>")

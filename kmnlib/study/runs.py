@@ -19,7 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from kmnlib.checkpoints import checkpoint_stage, inference_model
+from kmnlib.analysis.oracle import twin_oracle
+from kmnlib.checkpoints import checkpoint_stage, load_model
+from kmnlib.config import REPO_ROOT
 from kmnlib.data import DAVISDataset, YouTubeVOSDataset, derived
 from kmnlib.evaluate import evaluate_davis
 from kmnlib.files import atomic_write, save_csv, save_text
@@ -66,8 +68,19 @@ def dataset_tag(dataset: str) -> str:
 
 
 def _fingerprint(path: Path) -> dict[str, Any]:
+    """A checkpoint file's identity in a run key: path, size and modification time.
+
+    The path is relative to the repository (:data:`kmnlib.config.REPO_ROOT`, POSIX separators)
+    when the checkpoint lies inside it — the study's own checkpoints under ``results/`` do — so
+    that committed ``run.json`` files name no machine's folders and a moved checkout keeps its
+    cache; a checkpoint elsewhere (an ``out_dir`` outside the repository) is named absolutely."""
     st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    resolved = path.resolve()
+    try:
+        name = resolved.relative_to(REPO_ROOT.resolve()).as_posix()
+    except ValueError:
+        name = str(resolved)
+    return {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
@@ -78,7 +91,8 @@ def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
             "oracle": oracle, "sequences": _sequences_of(study, dataset),
             "infer_height": inf.infer_height, "davis_resolution": inf.davis_resolution,
             "mem_every": inf.mem_every, "fold_batchnorm": inf.fold_batchnorm,
-            "winograd": inf.winograd, "precision": inf.precision}
+            "winograd": inf.winograd, "precision": inf.precision,
+            "read_backend": inf.read_backend, "read_budget_bytes": inf.read_budget_bytes}
 
 
 def _sequences_of(study: Study, dataset: str) -> list[str] | None:
@@ -159,12 +173,14 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
         # Computed in a new folder that replaces the old one only once complete.
         with _new_folder(run_dir) as tmp:
             inf = study.profile.inference
-            oracle = (lambda seq: derived.twin_masks(ds.root, seq.name)) if job.oracle else None
-            timings = run_dataset(inference_model(job.checkpoint, inf, study.device), ds,
+            hooks = ((lambda seq, start, size: [twin_oracle(ds.root, seq.name, start, size)])
+                     if job.oracle else None)
+            timings = run_dataset(load_model(job.checkpoint, study.device, inference=inf), ds,
                                   tmp / "masks", sigma=job.sigma, mem_every=inf.mem_every,
                                   infer_height=inf.infer_height, resolution_out="gt",
                                   sequences=sequences, device=study.device,
-                                  precision=inf.precision, oracle=oracle,
+                                  precision=inf.precision, read_backend=inf.read_backend,
+                                  read_budget_bytes=inf.read_budget_bytes, hooks=hooks,
                                   report=_reporter(study, job.run))
             evaluate_davis(ds.root, tmp / "masks", year=ds.year, split=ds.split, out_dir=tmp,
                            sequences=sequences, resolution=ds.resolution)
@@ -238,16 +254,21 @@ def _is_done(study: Study, job: EvalJob) -> bool:
                      run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle), files)
 
 
+YOUTUBE_VOS = "YouTube-VOS"
+
+
 def extra_eval_sets(study: Study) -> list[str]:
-    """Evaluation sets beyond DAVIS-2016 val that are present under the data root."""
-    present = (study.data_root / "DAVIS-2017" / "ImageSets" / "2017" / "val.txt").is_file()
-    return ["DAVIS-2017:val"] if present else []
+    """The DAVIS-layout sets of the profile's ``eval_sets`` beyond DAVIS-2016 val, scored locally
+    (``"DAVIS-2017:val"``); :func:`kmnlib.study.session.resolve_study` checked their data."""
+    return [s for s in study.profile.eval_sets
+            if s != DAVIS16_VAL and s.partition(":")[0] != YOUTUBE_VOS]
 
 
 def youtube_vos_splits(study: Study) -> list[str]:
-    """YouTube-VOS splits to predict that are present under the data root (``valid``)."""
-    root = study.data_root / "YouTube-VOS"
-    return [s for s in ("valid",) if (root / s / "meta.json").is_file()]
+    """The YouTube-VOS splits of the profile's ``eval_sets`` (``"YouTube-VOS:valid"`` →
+    ``"valid"``), predicted for the evaluation server (:func:`predict_youtube_vos`)."""
+    return [split for name, _, split in (s.partition(":") for s in study.profile.eval_sets)
+            if name == YOUTUBE_VOS]
 
 
 def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma: float | None,
@@ -273,10 +294,12 @@ def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma
             names = None if study.sequences is None else [n for n in study.sequences
                                                           if n in ds.names]
             inf = study.profile.inference
-            timings = run_dataset(inference_model(checkpoint, inf, study.device), ds,
+            timings = run_dataset(load_model(checkpoint, study.device, inference=inf), ds,
                                   new / "Annotations", sigma=sigma, mem_every=inf.mem_every,
                                   infer_height=inf.infer_height, resolution_out="gt",
-                                  sequences=names, device=study.device, precision=inf.precision)
+                                  sequences=names, device=study.device, precision=inf.precision,
+                                  read_backend=inf.read_backend,
+                                  read_budget_bytes=inf.read_budget_bytes)
             save_csv(pd.DataFrame({"sequence": list(timings),
                                    "s_per_frame": list(timings.values())}), new / timing_csv.name)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from kmnlib.config import (
+    EVAL_SETS,
     REPO_ROOT,
     Profile,
     StudySettings,
@@ -29,6 +30,7 @@ from kmnlib.config import (
     split_overrides,
     study_settings,
 )
+from kmnlib.denormals import flush_denormals
 from kmnlib.files import save_text
 
 
@@ -87,7 +89,8 @@ def resolve_study(profile: str, overrides: Mapping[str, Any] | None = None) -> S
     """Validate ``profile`` and ``overrides`` and resolve paths; touches nothing on disk.
 
     Relative ``data_root`` / ``out_dir`` are made absolute against the current directory. The data
-    root must hold DAVIS-2016 (``ValueError`` naming the folder and the fix otherwise).
+    root must hold DAVIS-2016 and every other set of the profile's ``eval_sets`` (``ValueError``
+    naming the setting, the set, the expected path and the fix otherwise).
     """
     settings_in, profile_in = split_overrides(overrides)
     prof = get_profile(profile).with_overrides(profile_in)
@@ -97,6 +100,13 @@ def resolve_study(profile: str, overrides: Mapping[str, Any] | None = None) -> S
         raise ValueError(f"{root / 'DAVIS-2016'}: DAVIS-2016 not found under the data root "
                          f"(run `make data`, or pass data_root / set KMN_DATA to the folder "
                          f"holding DAVIS-2016/)")
+    missing = {s: root / EVAL_SETS[s] for s in prof.eval_sets if not (root / EVAL_SETS[s]).exists()}
+    if missing:
+        what = ", ".join(f"{s!r} ({path} is missing)" for s, path in missing.items())
+        keep = json.dumps([s for s in prof.eval_sets if s not in missing])
+        raise ValueError(f"eval_sets: not found under the data root: {what}; add the data "
+                         f"(data/README.md) or leave the set out, e.g. overrides "
+                         f"{{\"eval_sets\": {keep}}}")
     out = (settings.out_dir or results_root() / prof.name).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out}: is a file, not a folder; name a folder for the results")
@@ -114,13 +124,16 @@ PROFILE_JSON = "profile.json"
 def open_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Study:
     """The notebooks' first call: :func:`resolve_study`, then seed numpy and torch with the
     profile's seed, set torch's CPU threads (``threads``: on a CPU shared with other jobs one
-    thread per process is many times faster than two), create the output folder and record the
+    thread per process is many times faster than two), flush subnormal floats to zero in every
+    CPU thread (:func:`kmnlib.denormals.flush_denormals`), create the output folder and record the
     profile there (``profile.json``: replicates are recognised by it)."""
     study = resolve_study(profile, overrides)
     np.random.seed(study.profile.seed)
     torch.manual_seed(study.profile.seed)
     if study.settings.threads:
         torch.set_num_threads(study.settings.threads)
+    # The notebooks' entry point: their training and inference run with subnormals flushed.
+    flush_denormals()
     # Training imports tqdm.auto, which warns when ipywidgets is absent; progress bars are off here.
     warnings.filterwarnings("ignore", message="IProgress not found")
     study.out_dir.mkdir(parents=True, exist_ok=True)

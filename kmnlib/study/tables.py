@@ -1,9 +1,9 @@
 """The study's tables of our numbers, each built from the evaluation runs it needs.
 
 A table builder (:class:`Ablation`, :class:`SigmaSweep`, :class:`Table1`) names its evaluation jobs
-(``jobs()``) and turns their results into rows (``build(results)``); :func:`make_tables` runs the
-union of the jobs of several tables (side by side, cached) and builds each. Rows carry their
-protocol label (:func:`kmnlib.study.runs.protocol`).
+(``jobs()``) and turns their results into rows (``build(results)``); :func:`results_for` runs the
+union of the jobs of several tables (side by side, cached), from which each table is built. Rows
+carry their protocol label (:func:`kmnlib.study.runs.protocol`).
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from kmnlib.config import current_names
 from kmnlib.study.effects import effects_table, paired_effect
 from kmnlib.study.runs import DAVIS16_VAL, EvalJob, evaluate_all
 from kmnlib.study.session import PROFILE_JSON, Study
-from kmnlib.study.training import STAGE_LABELS, Model
+from kmnlib.study.training import STAGE_LABELS, TrainedCheckpoint
 from kmnlib.training.log import read_log
 
 Results = Mapping[EvalJob, dict[str, Any]]
@@ -77,22 +78,6 @@ def results_row(result: dict[str, Any], *, method: str, dataset: str) -> dict[st
             "s/frame": result["s_per_frame"], "run": result["run"], "protocol": result["protocol"]}
 
 
-def results_table(study: Study, runs: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per labelled evaluation result: J&F, J, F (percent), s/frame, run folder, protocol."""
-    rows = []
-    for label, res in runs.items():
-        jf = jf_from_global(res["global"], source=str(res["run_dir"]))
-        rows.append({"run": label, **jf, "s/frame": res["s_per_frame"],
-                     "folder": str(Path(res["run_dir"]).relative_to(study.out_dir)),
-                     "protocol": res["protocol"]})
-    return pd.DataFrame(rows)
-
-
-def per_sequence_long(per_seq: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Stack per-sequence tables (label → :func:`per_sequence_table`) with a ``run`` column."""
-    return pd.concat([df.assign(run=label) for label, df in per_seq.items()], ignore_index=True)
-
-
 def training_summary(logs: Mapping[str, str | os.PathLike], *, tail: float = 0.1) -> pd.DataFrame:
     """One row per training run (label → CSV log of the trainer).
 
@@ -125,14 +110,8 @@ def results_for(study: Study, *tables: EvalTable) -> Results:
     return evaluate_all(study, [j for t in tables for j in t.jobs()])
 
 
-def make_tables(study: Study, *tables: EvalTable) -> list[pd.DataFrame]:
-    """:func:`results_for` the tables, then each table built."""
-    results = results_for(study, *tables)
-    return [t.build(results) for t in tables]
-
-
-def row_labels(study: Study, model: Model, sigma: float | None, dataset: str = DAVIS16_VAL
-               ) -> dict[str, Any]:
+def row_labels(study: Study, model: TrainedCheckpoint, sigma: float | None,
+               dataset: str = DAVIS16_VAL) -> dict[str, Any]:
     """What a row of ours is: set, backbone, stage, pre-training arm, read, σ, resolution, seed."""
     return {"set": dataset, "backbone": study.profile.model.backbone,
             "stage": STAGE_LABELS[model.stage], "pretraining": model.arm,
@@ -150,11 +129,11 @@ class ArmsTable:
     s/frame, run, protocol), and the same runs per sequence (:meth:`per_sequence`)."""
 
     study: Study
-    models: Sequence[Model]
+    models: Sequence[TrainedCheckpoint]
     reads: Sequence[float | None]
     dataset: str = DAVIS16_VAL
 
-    def _pairs(self) -> list[tuple[Model, float | None, EvalJob]]:
+    def _pairs(self) -> list[tuple[TrainedCheckpoint, float | None, EvalJob]]:
         return [(m, s, EvalJob(m.checkpoint, m.tag, s, self.dataset))
                 for m in self.models for s in self.reads]
 
@@ -186,11 +165,12 @@ class Ablation:
     kernel at each σ of ``sigmas``; DAVIS16 val J&F (DAVIS17 val when in ``extra_sets``)."""
 
     study: Study
-    models: Sequence[Model]
+    models: Sequence[TrainedCheckpoint]
     sigmas: Sequence[float]
     extra_sets: Sequence[str] = field(default_factory=tuple)
 
-    def _job(self, model: Model, read: float | None, dataset: str = DAVIS16_VAL) -> EvalJob:
+    def _job(self, model: TrainedCheckpoint, read: float | None,
+             dataset: str = DAVIS16_VAL) -> EvalJob:
         return EvalJob(model.checkpoint, model.tag, read, dataset)
 
     def _reads(self) -> list[float | None]:
@@ -225,7 +205,7 @@ class SigmaSweep:
     """DAVIS16 val J&F/J/F of each model for every σ (None = STM read)."""
 
     study: Study
-    models: Sequence[Model]
+    models: Sequence[TrainedCheckpoint]
     sigmas: Sequence[float | None]
 
     def jobs(self) -> list[EvalJob]:
@@ -249,11 +229,11 @@ class Table1:
     and the STM recipe on our network (no-HaS pre-training, STM's read) likewise."""
 
     study: Study
-    models: Sequence[Model]
+    models: Sequence[TrainedCheckpoint]
     sigma: float
     extra_sets: Sequence[str] = field(default_factory=tuple)
 
-    def _rows(self) -> list[tuple[str, str, Model, EvalJob]]:
+    def _rows(self) -> list[tuple[str, str, TrainedCheckpoint, EvalJob]]:
         out = []
         for ds in [DAVIS16_VAL, *self.extra_sets]:
             label = "DAVIS16 val" if ds == DAVIS16_VAL else "DAVIS17 val"
@@ -286,7 +266,9 @@ def replicate_dirs(study: Study) -> list[Path]:
 
 
 def _profile_without_seed(path: Path) -> dict[str, Any]:
-    prof = json.loads(path.read_text())
+    """A recorded profile minus its seed, settings renamed since under their current names
+    (:func:`kmnlib.config.current_names`), so replicates recorded before a rename still pool."""
+    prof = current_names(json.loads(path.read_text()))
     prof.pop("seed", None)
     return prof
 

@@ -37,11 +37,6 @@ def pretrained(study: Study, hide: bool) -> Path:
     return _trained(study, "pretrain", hide, force=False)
 
 
-def main_trained(study: Study, hide: bool) -> Path:
-    """Checkpoint of main video training started from :func:`pretrained` (trains what is missing)."""
-    return _trained(study, "main", hide, force=False)
-
-
 def _train_job(study: Study, stage: str, hide: bool) -> Path:
     return _trained(study, stage, hide, force=study.force)
 
@@ -92,7 +87,7 @@ STAGE_LABELS = {"pretrain": "static only", "main": "static + video"}
 
 
 @dataclass(frozen=True)
-class Model:
+class TrainedCheckpoint:
     """A trained model of the study: its stage, its pre-training arm, its checkpoint, and the tag
     its evaluation folders are named by (``pretrain_has``, ``pretrain_nohas``, ``has``, ``nohas``)."""
 
@@ -110,7 +105,8 @@ class Model:
         return f"{STAGE_LABELS[self.stage]}, {self.arm}"
 
 
-def trained_models(study: Study, stages: tuple[str, ...] = ("pretrain", "main")) -> list[Model]:
+def trained_models(study: Study, stages: tuple[str, ...] = ("pretrain", "main")
+                   ) -> list[TrainedCheckpoint]:
     """Every (stage, arm) model of the study, trained if missing (in study order)."""
-    return [Model(stage, arm, _trained(study, stage, hide, force=False))
+    return [TrainedCheckpoint(stage, arm, _trained(study, stage, hide, force=False))
             for stage in stages for arm, hide in ARMS.items()]

@@ -25,10 +25,9 @@ import torch.nn as nn
 from tqdm import tqdm  # plain bars: tqdm.auto warns inside Jupyter without ipywidgets
 
 from kmnlib.checkpoints import load_checkpoint, save_checkpoint
-from kmnlib.config import STAGES, Profile
-from kmnlib.memory import record_logit_stats
+from kmnlib.config import NOT_AFFECTING_RESULTS, STAGES, Profile, current_names
+from kmnlib.memory import LogitStats
 from kmnlib.model import build_model
-from kmnlib.denormals import flush_denormals
 from kmnlib.training.batches import StepBatches, build_clip_dataset
 from kmnlib.training.log import TrainingLog, log_row
 from kmnlib.training.step import StepModule, TrainingDiverged, train_step
@@ -46,18 +45,22 @@ def checkpoint_name(stage: str, *, hide: bool, init: str | os.PathLike | None) -
 
 
 def run_spec(profile: Profile, stage: str, hide: bool, init: Path | None) -> dict[str, Any]:
-    """What a checkpoint must match to be reused or resumed (a changed config means a different run)."""
+    """What a checkpoint must match to be reused or resumed (a changed config means a different
+    run); settings that change no result (``config.NOT_AFFECTING_RESULTS``) are left out."""
+    stage_config = {k: v for k, v in asdict(profile.stage(stage)).items()
+                    if f"{stage}.{k}" not in NOT_AFFECTING_RESULTS}
     return {"profile": profile.name, "stage": stage, "iterations": profile.stage(stage).iterations,
             "seed": profile.seed, "hide": bool(hide) if stage == "pretrain" else True,
-            "init": str(init) if init else None,
-            "model": asdict(profile.model), "stage_config": asdict(profile.stage(stage)),
+            "init": str(init) if init else None, "amp": profile.amp,
+            "model": asdict(profile.model), "stage_config": stage_config,
             "static_sets": list(profile.static_sets) if stage == "pretrain" else [],
             "video_sets": list(profile.video_sets) if stage == "main" else []}
 
 
 def spec_mismatch(saved: dict[str, Any] | None, spec: dict[str, Any]) -> list[str]:
-    """Keys of ``spec`` whose saved value differs (compared as lists, since torch.save keeps tuples)."""
-    saved = saved or {}
+    """Keys of ``spec`` whose saved value differs (compared as lists, since torch.save keeps tuples;
+    settings renamed since the checkpoint was saved compare under their current names)."""
+    saved = current_names(saved or {})
     return [k for k in spec if repr(_listify(saved.get(k))) != repr(_listify(spec[k]))]
 
 
@@ -152,8 +155,9 @@ class Trainer:
         """Train (or reuse) the stage; return the final checkpoint path.
 
         Raises :class:`TrainingDiverged` on a NaN/inf loss, keeping the last good checkpoint.
+        Subnormal floats are flushed by the entry points (``python -m kmnlib.train``, the study's
+        ``open_study``, spawned workers: :func:`kmnlib.denormals.flush_denormals`), not here.
         """
-        flush_denormals()
         with self._distributed():
             if self.final_path.exists() and not self.force:
                 return self._finished_run()
@@ -234,6 +238,32 @@ class Trainer:
                 "profile": self.profile.to_dict(), "spec": self.spec, "stage": self.stage,
                 "name": self.name, "world_size": self.world, "wall_s": wall, "finished": finished}
 
+    def _step_module(self, model: nn.Module) -> nn.Module:
+        """The training step as a module, wrapped for DDP when there are several processes."""
+        step_module: nn.Module = StepModule(model)
+        if self.world > 1:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return step_module
+
+    def _loader(self, clips: Any, start: int) -> torch.utils.data.DataLoader:
+        """Batches of steps ``start`` … ``iterations`` − 1 of this process's share."""
+        cfg = self.cfg
+        batches = StepBatches(clips, cfg.batch_size, start=start, total=cfg.iterations,
+                              rank=self.rank, world=self.world)
+        return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
+                                           num_workers=cfg.num_workers,
+                                           pin_memory=self.device.type == "cuda")
+
+    def _report(self, done: int, loss: float, elapsed: float) -> None:
+        """One ``[train …]`` progress line on stderr."""
+        total = self.cfg.iterations
+        rate = elapsed / max(done, 1)
+        eta = rate * (total - done)
+        print(f"[train {self.profile.name}/{self.name}] {done}/{total} it, loss {loss:.3f}, "
+              f"{rate:.2f} s/it, ETA {int(eta // 60)}:{int(eta % 60):02d}", file=sys.stderr,
+              flush=True)
+
     def _loop(self, clips: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, start: int, elapsed: float) -> None:
         cfg, total = self.cfg, self.cfg.iterations
@@ -245,15 +275,8 @@ class Trainer:
         if log is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             log.open(resume_step=start)  # drops rows logged after the checkpoint we resume
-        step_module: nn.Module = StepModule(model)
-        if self.world > 1:
-            step_module = nn.parallel.DistributedDataParallel(
-                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        batches = StepBatches(clips, cfg.batch_size, start=start, total=total, rank=self.rank,
-                              world=self.world)
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
-                                             num_workers=cfg.num_workers,
-                                             pin_memory=self.device.type == "cuda")
+        step_module = self._step_module(model)
+        loader = self._loader(clips, start)
         bar = tqdm(total=total, initial=start, disable=not (self.progress and self.is_main),
                    desc=f"{self.profile.name}/{self.name}", dynamic_ncols=True)
         t_report = time.perf_counter()
@@ -261,9 +284,9 @@ class Trainer:
             t_prev = time.perf_counter()
             for batch in loader:
                 step = int(batch["step"])
-                with record_logit_stats() as read_stats:
-                    losses = train_step(step_module, optimizer, scaler, batch, step=step + 1,
-                                        device=self.device, amp=self.amp)
+                read_stats = LogitStats()
+                losses = train_step(step_module, optimizer, scaler, batch, step=step + 1,
+                                    device=self.device, amp=self.amp, stats=read_stats)
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
                 elapsed += dt
@@ -283,11 +306,7 @@ class Trainer:
                 if (self.report_every is not None and self.is_main
                         and (now - t_report >= self.report_every or done == total)):
                     t_report = now
-                    rate = elapsed / max(done, 1)
-                    eta = rate * (total - done)
-                    print(f"[train {self.profile.name}/{self.name}] {done}/{total} it, "
-                          f"loss {losses['loss']:.3f}, {rate:.2f} s/it, "
-                          f"ETA {int(eta // 60)}:{int(eta % 60):02d}", file=sys.stderr, flush=True)
+                    self._report(done, losses["loss"], elapsed)
         except TrainingDiverged as exc:
             kept = (f"last good checkpoint: {self.last_path}" if self.last_path.exists()
                     else "no checkpoint was written yet")
