@@ -101,3 +101,25 @@ def test_the_checker_sees_every_kind_of_import() -> None:
     assert violations("kmnlib.memory", {"kmnlib.config.READ_BUDGET_BYTES"}) == []
     assert violations("kmnlib.memory", {"kmnlib.model.ops.unpad"}) != []
     assert violations("kmnlib.study.runs", {"kmnlib.study.session.Study"}) == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method longer than ``limit`` lines (docstring included)."""
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_function_is_over_sixty_lines(path: Path) -> None:
+    assert long_functions(path.read_text(encoding="utf-8")) == []
+
+
+def test_the_length_check_counts_lines() -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    assert long_functions(f"def f():\n{body}") == [("f", 61)]
+    short = "".join(f"        x{i} = {i}\n" for i in range(59))
+    assert long_functions(f"class C:\n    def g(self):\n{short}") == []
