@@ -12,8 +12,9 @@ study's oracle read), :class:`ReadTrace` (which frames each read used).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -38,12 +39,20 @@ class DecoderInputs(NamedTuple):
 @dataclass
 class Step:
     """One step as hooks see it: frame ``t``, the frames its read used (in the memory's order),
-    the padded query frame (1,3,Hp,Wp) and its key (N,Ck,h,w)."""
+    the padded query frame (1,3,Hp,Wp), its key (N,Ck,h,w) and the memory read (keys (N,Ck,T,h,w),
+    values). ``read(query_key)`` reads another query from this memory as this step reads (same
+    σ, backend, budget; no edits), ``decode(inputs)`` gives the merged probabilities (N+1,Hp,Wp)
+    of other decoder inputs as this step decodes — so an analysis can ask "what if" without a
+    copy of the method."""
 
     t: int
     memory_frames: list[int]
     frame: torch.Tensor
     query_key: torch.Tensor
+    mem_key: torch.Tensor
+    mem_value: torch.Tensor
+    read: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[["DecoderInputs"], torch.Tensor]
 
 
 class Hooks:
@@ -165,15 +174,24 @@ class Propagator:
         mem_k, mem_v, frames_read = self.bank.read(t)
         n = mem_k.shape[0]
         qk, qv, f8, f4 = (x.expand(n, -1, -1, -1) for x in self.model.encode_query(frame_p[None]))
-        step = Step(t, frames_read, frame_p, qk)
+        step = Step(t, frames_read, frame_p, qk, mem_k, mem_v, read=partial(self._read, mem_k, mem_v),
+                    decode=partial(self._decode, t))
         edit = _compose([e for h in self.hooks if (e := h.edit_logits(step)) is not None])
-        readout = memory_read(mem_k, mem_v, qk, sigma=self.sigma, budget_bytes=self.budget_bytes,
-                              kernel=self.kernel, edit_logits=edit)
+        readout = self._read(mem_k, mem_v, qk, edit)
         for h in self.hooks:
             readout = h.after_read(step, readout)
         inputs = DecoderInputs(readout, qv, f8, f4)
         for h in self.hooks:
             inputs = h.before_decode(step, inputs)
+        return self._decode(t, inputs), step
+
+    def _read(self, mem_k: torch.Tensor, mem_v: torch.Tensor, qk: torch.Tensor,
+              edit: LogitEdit | None = None) -> torch.Tensor:
+        return memory_read(mem_k, mem_v, qk, sigma=self.sigma, budget_bytes=self.budget_bytes,
+                           kernel=self.kernel, edit_logits=edit)
+
+    def _decode(self, t: int, inputs: DecoderInputs) -> torch.Tensor:
+        """Merged probabilities (N+1,Hp,Wp) of step ``t`` from the decoder's inputs."""
         fg = F.softmax(self.model.decode(*inputs), dim=1)[:, 1]                 # N,Hp,Wp
         absent = self.first_seen >= t    # objects not given yet (or given at t itself)
         if not bool(absent.any()):
@@ -182,4 +200,4 @@ class Propagator:
             merged = torch.softmax(soft_aggregate(fg.masked_fill(absent[:, None, None], 0.0)), dim=0)
             merged[1:][absent] = 0.0  # exactly 0, not soft aggregation's clamped 1e-7 share
             merged = merged / merged.sum(dim=0, keepdim=True)
-        return merged, step
+        return merged
