@@ -308,3 +308,42 @@ def overlay_row(sequence: Any, masks_dir: str | os.PathLike, *, n: int = 4,
                                                          Image.Resampling.NEAREST))
         labels.append(lab)
     return title or sequence.name, frames, labels
+
+
+def plot_decoder_swap(swap: pd.DataFrame, out_png: str | os.PathLike) -> Path:
+    """Bars of twin leakage (%) per decoder-input combination (``07_decoder_swap.csv``: twin-region
+    swaps, over the video), one panel per model × read."""
+    rows = swap[(swap["swap_over"] == "twin region") & (swap["scope"] == "video")]
+    panels = list(rows.groupby(["model", "read"], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, ((model, read), g) in zip(axes[0], panels):
+        labels = [f"{r} / {q}" for r, q in zip(g["readout_from"], g["query_from"])]
+        ax.bar(range(len(g)), g["leakage"], color=["C3", "C1", "C0", "C2"][:len(g)])
+        ax.set_xticks(range(len(g)), labels, fontsize=8)
+        ax.set_xlabel("readout / query features from", fontsize=8)
+        ax.set_title(f"{model}\n{read}", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].set_ylabel("twin leakage (% of twin pixels)")
+    fig.suptitle("decoder-input swap over the twin region (clean memory)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def plot_leak_onset(use: pd.DataFrame, out_png: str | os.PathLike) -> Path:
+    """Twin leakage (%) and the weight twin cells put on object memory, per frame
+    (``07_read_in_use.csv``), one line per model × read."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    for i, ((model, read), g) in enumerate(use.groupby(["model", "read"], sort=False)):
+        style = dict(color=f"C{i}", lw=1.4, label=f"{model}, {read}")
+        axes[0, 0].plot(g["frame"], g["leakage"], **style)
+        axes[0, 1].plot(g["frame"], g["weight_on_object"], **style)
+    axes[0, 0].set(xlabel="frame", ylabel="twin leakage (%)", title="leak onset")
+    axes[0, 1].set(xlabel="frame", ylabel="weight on object memory",
+                   title="read at twin cells (the read in use)")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    axes[0, 1].legend(fontsize=7)
+    fig.suptitle("twin videos, mean over videos", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_png)

@@ -1,0 +1,99 @@
+"""The leak-mechanism tables of the distractor study (notebook 07): where the twin leak is made.
+
+* ``07_decoder_swap.csv`` — :func:`kmnlib.analysis.leak.decoder_swap` on every twin video: leakage
+  of the four decoder-input combinations (readout × query features from the twin or the clean
+  frame, swapped over the dilated twin region or the whole frame), at frame 1 and over the video.
+* ``07_read_in_use.csv`` — :func:`kmnlib.analysis.leak.read_at_twin`: per frame, the weight twin
+  cells put on object-labelled memory in the read the model uses, and where q̂ of those memory
+  cells lands, with the frame's leakage (the leak's onset).
+
+Each (model, read) is computed once per checkpoint and settings: its per-frame rows are kept in
+``<out_dir>/<run>_leak/`` with the twin set's run key (:func:`kmnlib.study.runs.run_key`) plus the
+analysis, and reused only while that key holds.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from kmnlib.analysis.leak import decoder_swap, read_at_twin, swap_summary
+from kmnlib.checkpoints import load_model
+from kmnlib.data.derived import twin_masks
+from kmnlib.files import save_csv, save_text
+from kmnlib.memory import sigma_label
+from kmnlib.parallel import spawn_map
+from kmnlib.study.runs import DAVIS16_VAL, TWIN_VAL, davis, is_cached, run_key, run_name
+from kmnlib.study.session import Study
+from kmnlib.study.training import TrainedCheckpoint
+
+ANALYSES = {"decoder_swap": decoder_swap, "read_at_twin": read_at_twin}
+
+
+def _folder(study: Study, model: TrainedCheckpoint, sigma: float | None) -> Path:
+    return study.out_dir / f"{run_name(model.tag, sigma)}_leak"
+
+
+def per_frame(study: Study, model: TrainedCheckpoint, sigma: float | None, analysis: str
+              ) -> pd.DataFrame:
+    """Per-frame rows of ``analysis`` for every twin video of the study, cached (module docstring)."""
+    folder = _folder(study, model, sigma)
+    csv, marker = folder / f"{analysis}.csv", folder / f"{analysis}.json"
+    key = {**run_key(study, model.checkpoint, sigma, TWIN_VAL), "analysis": analysis}
+    if study.force or not is_cached(marker, key, [csv]):
+        twin_ds, clean_ds = davis(study, TWIN_VAL), davis(study, DAVIS16_VAL)
+        inf = study.profile.inference
+        net = load_model(model.checkpoint, study.device, inference=inf)
+        rows = [ANALYSES[analysis](net, clean_ds[n], twin_ds[n], twin_masks(twin_ds.root, n),
+                                   sigma=sigma, inference=inf, device=study.device)
+                for n in (study.sequences or twin_ds.names)]
+        folder.mkdir(parents=True, exist_ok=True)
+        save_csv(pd.concat(rows, ignore_index=True), csv)
+        save_text(json.dumps(key, indent=1), marker)     # written last: the rows are complete
+    return pd.read_csv(csv)
+
+
+def _labels(study: Study, model: TrainedCheckpoint, sigma: float | None) -> dict[str, object]:
+    return {"model": model.label, "pretraining": model.arm, "seed": study.profile.seed,
+            "read": sigma_label(sigma), "sigma": sigma}
+
+
+def compute_all(study: Study, models: Sequence[TrainedCheckpoint], reads: Sequence[float | None]
+                ) -> None:
+    """Every (model, read, analysis) computed, ``eval_workers`` processes at a time."""
+    jobs = [(study, m, s, a) for m in models for s in reads for a in ANALYSES]
+    spawn_map(per_frame, jobs, study.settings.eval_workers)
+
+
+def decoder_swap_table(study: Study, models: Sequence[TrainedCheckpoint],
+                       reads: Sequence[float | None]) -> pd.DataFrame:
+    """``07_decoder_swap.csv``: per model × read × swap scope × combination × ``scope``
+    (first_frame, video), leakage in percent (mean over the twin videos)."""
+    out = []
+    for m in models:
+        for s in reads:
+            rows = per_frame(study, m, s, "decoder_swap")
+            by_video = [swap_summary(g) for _, g in rows.groupby("sequence", sort=False)]
+            mean = (pd.concat(by_video).groupby(["swap_over", "readout_from", "query_from", "scope"],
+                                                sort=False)["leakage"].mean() * 100).reset_index()
+            out.append(mean.assign(**_labels(study, m, s)))
+    return pd.concat(out, ignore_index=True)
+
+
+def read_in_use_table(study: Study, models: Sequence[TrainedCheckpoint],
+                      reads: Sequence[float | None]) -> pd.DataFrame:
+    """``07_read_in_use.csv``: per model × read × frame, the means over twin videos of the weight
+    twin cells put on object memory, the q̂ landing shares and the leakage (percent), with the
+    number of twin ``cells`` summed."""
+    out = []
+    values = ["weight_on_object", "qhat_on_object", "qhat_on_twin", "qhat_elsewhere", "leakage"]
+    for m in models:
+        for s in reads:
+            rows = per_frame(study, m, s, "read_at_twin")
+            frame = rows.groupby("frame")
+            table = frame[values].mean().join(frame["cells"].sum()).reset_index()
+            table["leakage"] *= 100
+            out.append(table.assign(**_labels(study, m, s)))
+    return pd.concat(out, ignore_index=True)
