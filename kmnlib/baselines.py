@@ -21,9 +21,12 @@ import numpy as np
 from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
 from kmnlib.config import resolve_data_root, results_root
 from kmnlib.data.davis import YEARS, read_split, split_file
-from kmnlib.data.masks import VOID, read_label_map, write_label_map
+from kmnlib.data.masks import VOID, write_label_map
 from kmnlib.data.video import select_sequences
-from kmnlib.evaluate import GLOBAL_CSV, SEQUENCE_CSV, annotation_paths, evaluate_davis, print_tables
+from kmnlib.evaluate import (GLOBAL_CSV, SEQUENCE_CSV, annotation_paths, evaluate_davis,
+                             print_tables, read_ground_truth)
+from kmnlib.files import DiskFullError, disk_full_is_one_line
+from kmnlib.provenance import write_provenance
 
 __all__ = ["first_frame_copy", "main"]
 
@@ -50,10 +53,11 @@ def first_frame_copy(davis_root: str | os.PathLike, out_dir: str | os.PathLike, 
                              str(split_file(davis_root, year, split)))
     for seq in names:
         gt_paths = annotation_paths(davis_root, seq, resolution)
-        first = read_label_map(gt_paths[0])
+        first = read_ground_truth(gt_paths[0], year)  # 2016: 0/1, 0/255 or palette → object 1
         first = np.where(first == VOID, 0, first).astype(np.uint8)
-        for frame in _frame_names(davis_root, seq, resolution, gt_paths):
-            write_label_map(out_dir / seq / f"{frame}.png", first)
+        with disk_full_is_one_line(out_dir):
+            for frame in _frame_names(davis_root, seq, resolution, gt_paths):
+                write_label_map(out_dir / seq / f"{frame}.png", first)
     return names
 
 
@@ -83,13 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         g, s = evaluate_davis(davis, out, args.year, args.split, out_dir=eval_out,
                               resolution=args.resolution, workers=args.workers)
         t2 = time.perf_counter()
+        write_provenance(eval_out)
         print(f"first-frame-copy on DAVIS-{args.year} {args.split} ({len(names)} sequences)\n")
         print_tables(g, s, args.split)
         print(f"\nmasks: {out}  ({t1 - t0:.1f} s)\ntables: {eval_out / GLOBAL_CSV}, "
               f"{eval_out / SEQUENCE_CSV}  (evaluation {t2 - t1:.1f} s)")
         return 0
 
-    return run_command(work, debug=args.debug)
+    return run_command(work, debug=args.debug, extra_errors=(DiskFullError,))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,13 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, with errors that name the file."""
+    """Load a checkpoint written by :func:`save_checkpoint`, with errors that name the file; one
+    whose weights hold a NaN or an infinity (a diverged run) is refused, naming the first such
+    tensor."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, expected a checkpoint file "
+                                f"(e.g. {path / 'pretrain.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
@@ -45,7 +50,45 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: cannot read checkpoint ({exc})") from exc
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: not a kmn-study training checkpoint (no 'model' entry)")
+    bad = first_non_finite(state["model"])
+    if bad is not None:
+        raise ValueError(f"{path}: weight tensor {bad!r} holds NaN or inf values (a diverged "
+                         f"run); retrain it (--force) or use an earlier checkpoint")
     return state
+
+
+def first_non_finite(weights: Any) -> str | None:
+    """Name of the first floating-point tensor of a state dict holding a NaN or an infinity."""
+    if not isinstance(weights, dict):
+        return None
+    for name, tensor in weights.items():
+        if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())):
+            return str(name)
+    return None
+
+
+def load_finished_checkpoint(path: str | os.PathLike, *, argument: str = "--init"
+                             ) -> dict[str, Any]:
+    """:func:`load_checkpoint`, refusing the checkpoint of a run that has not finished (a
+    ``<name>.last.pt`` saved mid-run): a stage starts only from a finished one."""
+    state = load_checkpoint(path)
+    if state.get("finished") is not True:
+        total = (state.get("spec") or {}).get("iterations", "?")
+        raise ValueError(f"{argument} {path}: the checkpoint of an unfinished run (step "
+                         f"{state.get('step', '?')} of {total}); finish that run (re-running its "
+                         f"training resumes it) and pass its final <name>.pt")
+    return state
+
+
+def check_run_name(name: str, *, argument: str = "--name") -> str:
+    """``name`` if it can name run files inside the output folder (``<name>.pt``, ``.last.pt``,
+    ``.csv``): not empty, no path separator, no ``..``; else a ``ValueError`` naming it."""
+    seps = {"/", os.sep, *([os.altsep] if os.altsep else [])}
+    if not name or name.strip() != name or any(c in name for c in seps) or ".." in name:
+        raise ValueError(f"{argument} {name!r}: a run name names files inside the output folder; "
+                         f"use a plain name without path separators or '..', e.g. 'pretrain_b4'")
+    return name
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,

@@ -45,6 +45,11 @@ READ_BUDGET_BYTES = 64 * 2**20
 READ_BACKENDS = ("torch", "native")
 #: The main evaluation set: always evaluated, and always first in a profile's ``eval_sets``.
 MAIN_EVAL_SET = "DAVIS-2016:val"
+#: The largest seed numpy accepts (np.random.seed takes 0 … 2**32 − 1).
+MAX_SEED = 2**32 - 1
+#: The video sets a profile's ``video_sets`` may draw on, as ``"<set>:<split>"``
+#: (kmnlib.data.open_video_dataset).
+VIDEO_SET_NAMES = ("DAVIS-2016", "DAVIS-2017", "YouTube-VOS")
 #: Sets a profile's ``eval_sets`` may name → what under the data root shows the set is there
 #: (kmnlib.study.session refuses a named set without it, before any work starts).
 EVAL_SETS: dict[str, str] = {MAIN_EVAL_SET: "DAVIS-2016",
@@ -259,13 +264,18 @@ class Profile:
         _check_inference(need, inf)
         need(bool(self.static_sets), "static_sets", "must name at least one static set")
         need(bool(self.video_sets), "video_sets", "must name at least one video set")
+        bad = [v for v in self.video_sets if v.partition(":")[0] not in VIDEO_SET_NAMES
+               or not v.partition(":")[2]]
+        need(not bad, "video_sets", f"names {bad}: expected '<set>:<split>' with <set> one of "
+             f"{list(VIDEO_SET_NAMES)}, e.g. 'DAVIS-2016:train'")
         unknown = [s for s in self.eval_sets if s not in EVAL_SETS]
         need(not unknown, "eval_sets", f"names unknown set(s) {unknown} (known: {list(EVAL_SETS)})")
         need(self.eval_sets[:1] == (MAIN_EVAL_SET,), "eval_sets",
              f"must start with {MAIN_EVAL_SET!r}, the main set (got {list(self.eval_sets)})")
         need(len(set(self.eval_sets)) == len(self.eval_sets), "eval_sets",
              f"must not repeat a set (got {list(self.eval_sets)})")
-        need(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed})")
+        need(0 <= self.seed <= MAX_SEED, "seed",
+             f"must lie in [0, {MAX_SEED}] (numpy's seed range; got {self.seed})")
         if problems:
             raise ValueError(f"profile {self.name!r}: " + "; ".join(problems))
         return self
@@ -295,6 +305,46 @@ def _check_stage(need: Callable[[bool, str, str], None], stage: str, st: StageCo
          f"must satisfy 0 <= start <= end (got {st.gap_start}, {st.gap_end})")
     need(0.0 < st.ramp_fraction <= 1.0, f"{stage}.ramp_fraction",
          f"must lie in (0, 1] (got {st.ramp_fraction})")
+    _check_augment(need, f"{stage}.augment", st.augment)
+
+
+#: AugmentConfig's scalar settings → (low, high, high included): the range in which each means
+#: what kmnlib.synthesis does with it (an angle drawn in ±value, a colour factor 1 ± value ≥ 0, …).
+AUGMENT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "rotation_deg": (0.0, 180.0, True),             # rotation uniform in ±value degrees
+    "shear_deg": (0.0, 90.0, False),                # tan(shear) must stay finite
+    "flip_p": (0.0, 1.0, True),                     # a probability
+    "brightness": (0.0, 1.0, True), "contrast": (0.0, 1.0, True),
+    "saturation": (0.0, 1.0, True),                 # factors 1 ± value, never negative
+    "hue": (0.0, 0.5, True),                        # ±value turns; half a turn is every hue
+    "video_rotation_jitter_deg": (0.0, 180.0, True),
+    "video_scale_jitter": (0.0, 1.0, False),        # scale · (1 ± value) stays > 0
+    "video_shift_jitter": (0.0, 1.0, True),         # a fraction of the crop window side
+    "min_object_fraction": (0.0, 1.0, True),        # a fraction of the crop area
+}
+#: AugmentConfig's (lo, hi) ranges → the largest value ``hi`` may take (None: unbounded).
+AUGMENT_PAIRS: dict[str, float | None] = {"scale_range": None,   # isotropic scale factor
+                                          "crop_area": 1.0,      # of the shorter side squared
+                                          "crop_aspect": None}   # width / height
+
+
+def _check_augment(need: Callable[[bool, str, str], None], prefix: str, aug: AugmentConfig) -> None:
+    """:meth:`Profile.validate`'s checks of one stage's augmentation ranges (kmnlib.synthesis)."""
+    for name, (low, high, closed) in AUGMENT_RANGES.items():
+        value = getattr(aug, name)
+        ok = math.isfinite(value) and low <= value and (value <= high if closed else value < high)
+        need(ok, f"{prefix}.{name}",
+             f"must lie in [{low:g}, {high:g}{']' if closed else ')'} (got {value})")
+    for name, top in AUGMENT_PAIRS.items():
+        lo, hi = getattr(aug, name)
+        ok = (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo <= hi
+              and (top is None or hi <= top))
+        bound = f" <= {top:g}" if top is not None else ""
+        need(ok, f"{prefix}.{name}", f"must be (low, high) with 0 < low <= high{bound} "
+             f"(got {[lo, hi]})")
+    for name in ("crop_tries", "hide_tries", "clip_tries"):
+        need(getattr(aug, name) >= 1, f"{prefix}.{name}",
+             f"must be >= 1 (got {getattr(aug, name)})")
 
 
 def _check_inference(need: Callable[[bool, str, str], None], inf: InferenceConfig) -> None:

@@ -4,6 +4,8 @@
         --results results/mini/kmn/masks --out results/mini/kmn
 
 Results are ``<results>/<sequence>/<frame>.png`` (palette ids, or L-mode 0/255 for one object).
+DAVIS-2016 ground truth may be 0/255 (official), 0/1 (8- or 16-bit) or palette masks
+(:func:`kmnlib.data.masks.read_davis2016_mask` has the rule); DAVIS-2017 palette or grey ids.
 Per sequence, the first and the last annotated frame are left out (the first is given to the
 method, the toolkit drops the last too); every ground-truth object is scored per frame with J and F
 (:mod:`kmnlib.metrics`) and summarised with :func:`kmnlib.metrics.sequence_stats`. The global row
@@ -27,14 +29,14 @@ from PIL import Image
 
 from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
 from kmnlib.data.davis import YEARS, read_split, split_file
-from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.data.masks import VOID, read_davis2016_mask, read_label_map
 from kmnlib.data.video import select_sequences
-from kmnlib.files import atomic_write
+from kmnlib.files import DiskFullError, atomic_write, disk_full_is_one_line
 from kmnlib.metrics import boundary_f, jaccard, sequence_stats
 
 __all__ = [
     "GLOBAL_COLUMNS", "SEQUENCE_COLUMNS", "GLOBAL_CSV", "SEQUENCE_CSV", "ObjectScores",
-    "annotation_paths", "evaluate_sequence", "evaluate_davis", "print_tables",
+    "annotation_paths", "read_ground_truth", "evaluate_sequence", "evaluate_davis", "print_tables",
     "main",
 ]
 
@@ -63,12 +65,44 @@ class ObjectScores:
 # ----------------------------------------------------------------------------------- dataset files
 def annotation_paths(davis_root: str | os.PathLike, sequence: str,
                      resolution: str = "480p") -> list[Path]:
-    """Sorted ground-truth PNGs ``Annotations/<resolution>/<sequence>/*.png``."""
+    """Sorted ground-truth PNGs ``Annotations/<resolution>/<sequence>/*.png``.
+
+    A missing folder names the sequence with ``repr`` (a stray character in the split list shows);
+    a folder that cannot be read says so, rather than that it holds no annotations.
+    """
     folder = Path(davis_root) / "Annotations" / resolution / sequence
-    paths = sorted(folder.glob("*.png"))
+    try:
+        with os.scandir(folder) as entries:
+            paths = sorted(Path(e.path) for e in entries
+                           if e.name.endswith(".png") and not e.name.startswith("."))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder}: ground-truth folder of sequence {sequence!r} not found "
+                                f"(is the name in the split list spelled as the folder, and is "
+                                f"--resolution {resolution!r} right?)") from None
+    except PermissionError:
+        raise PermissionError(f"{folder}: ground-truth folder cannot be read (permission denied); "
+                              f"give read access to it (chmod -R a+rX) and run again") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(f"{folder}: is a file, not the ground-truth folder of sequence "
+                                 f"{sequence!r}") from None
     if not paths:
         raise FileNotFoundError(f"{folder}: no ground-truth annotations (*.png) found")
     return paths
+
+
+def read_ground_truth(path: Path, year: str) -> np.ndarray:
+    """A ground-truth label map: DAVIS-2016 as {0 background, 1 object, 255 void} whatever its
+    encoding (:func:`kmnlib.data.masks.read_davis2016_mask`), DAVIS-2017 ids as stored (0/255 grey:
+    one object)."""
+    return read_davis2016_mask(path) if str(year) == "2016" else read_label_map(path)
+
+
+def _same_aspect(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether ``size`` (H,W) is ``other`` scaled by one factor, to a pixel of rounding a side."""
+    (h, w), (gh, gw) = size, other
+    low = max((h - 1) / gh, (w - 1) / gw)
+    high = min((h + 1) / gh, (w + 1) / gw)
+    return low <= high
 
 
 # ------------------------------------------------------------------------------------- scoring
@@ -88,6 +122,15 @@ def _read_result(path: Path, gt_shape: tuple[int, int], gt_path: Path, resize: b
                          f"such grey values — resize masks nearest-neighbour and write ids (or "
                          f"0/255 for one object)")
     if labels.shape != gt_shape:
+        # Another aspect ratio (transposed, cropped, square) is a wrong mask, not a scaled one:
+        # stretching it would score a distorted mask, so no flag lets it through.
+        if not _same_aspect(labels.shape, gt_shape):
+            raise ValueError(f"{path}: result size {labels.shape[1]}x{labels.shape[0]} has another "
+                             f"aspect ratio than the ground truth {gt_shape[1]}x{gt_shape[0]} "
+                             f"({gt_path}); --resize-results only rescales uniformly — write the "
+                             f"result at the ground-truth size or a scaled copy of it (e.g. "
+                             f"{round(gt_shape[1] / 2)}x{round(gt_shape[0] / 2)}), not transposed "
+                             f"or cropped")
         if not resize:
             raise ValueError(f"{path}: result size {labels.shape[1]}x{labels.shape[0]} differs from "
                              f"the ground truth {gt_shape[1]}x{gt_shape[0]} ({gt_path}); pass "
@@ -117,9 +160,7 @@ def evaluate_sequence(davis_root: str | os.PathLike, results_dir: str | os.PathL
         raise ValueError(f"{gt_paths[0].parent}: {len(gt_paths)} annotated frame(s); the protocol "
                          f"scores frames between the first and the last, so at least 3 are needed")
     single = str(year) == "2016"
-    # DAVIS-2016 GT is 0/255 grey: say so, which also spares read_label_map a np.unique per frame.
-    binary = True if single else None
-    first = read_label_map(gt_paths[0], binary=binary)
+    first = read_ground_truth(gt_paths[0], year)
     n_objects = 1 if single else int(np.max(np.where(first == VOID, 0, first)))
     object_ids = list(range(1, n_objects + 1))
     eval_paths = gt_paths[1:-1]  # semi-supervised protocol: drop the first and the last frame
@@ -130,7 +171,7 @@ def evaluate_sequence(davis_root: str | os.PathLike, results_dir: str | os.PathL
     # were most of an evaluation's memory (benchmarks/bench_memory_ceiling.py --phases).
     for start in range(0, len(eval_paths), _FRAMES_PER_BLOCK):
         block = eval_paths[start:start + _FRAMES_PER_BLOCK]
-        gt_list = [read_label_map(p, binary=binary) for p in block]
+        gt_list = [read_ground_truth(p, year) for p in block]
         for p, g in zip(block, gt_list):
             if g.shape != first.shape:
                 raise ValueError(f"{p}: ground-truth size {g.shape[1]}x{g.shape[0]} differs from "
@@ -209,8 +250,9 @@ def evaluate_davis(davis_root: str | os.PathLike, results_dir: str | os.PathLike
         raise ValueError(f"{davis_root}: no objects to evaluate in DAVIS-{year} {split}")
     global_df, per_seq_df = _tables(scores)
     if out_dir is not None:
-        _write_csv_atomic(global_df, out_dir / GLOBAL_CSV)
-        _write_csv_atomic(per_seq_df, out_dir / SEQUENCE_CSV)
+        with disk_full_is_one_line(out_dir):
+            _write_csv_atomic(global_df, out_dir / GLOBAL_CSV)
+            _write_csv_atomic(per_seq_df, out_dir / SEQUENCE_CSV)
     return global_df, per_seq_df
 
 
@@ -238,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="480p", help="ground-truth resolution folder")
     p.add_argument("--sequences", nargs="+", default=None, help="evaluate only these sequences")
     p.add_argument("--resize-results", action="store_true",
-                   help="nearest-neighbour upsample results whose size differs from the GT")
+                   help="nearest-neighbour rescale results whose size differs from the GT "
+                        "(same aspect ratio only)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes over sequences")
     add_debug_flag(p)
     return p
@@ -258,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({time.perf_counter() - t0:.1f} s)")
         return 0
 
-    return run_command(work, debug=args.debug)
+    return run_command(work, debug=args.debug, extra_errors=(DiskFullError,))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ complete, so a crash leaves the previous file intact.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +37,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, mode
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class DiskFullError(OSError):
+    """The disk (or the quota) filled up while writing into a folder; ``str()`` is one line naming
+    the folder (no ``[Errno 28]`` prefix). Commands report it like a bad argument."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(folder: str | os.PathLike) -> Iterator[None]:
+    """Inside: an ``OSError`` ENOSPC / EDQUOT becomes :class:`DiskFullError` naming ``folder``
+    (the atomic writers have left no partial file behind); other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(exc, DiskFullError):
+            raise
+        what = "disk is full" if exc.errno == errno.ENOSPC else "disk quota is exhausted"
+        raise DiskFullError(exc.errno, f"{folder}: cannot finish writing there, the {what}; "
+                                       f"free space or choose another output folder, then run "
+                                       f"again") from exc
 
 
 def save_text(text: str, path: str | os.PathLike) -> Path:

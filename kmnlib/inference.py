@@ -92,7 +92,11 @@ def check_inputs(frames: Any, first_mask: Any, later_masks: Mapping[int, Any] | 
                  sigma: float | None, mem_every: int
                  ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, int]]:
     """:func:`segment_video`'s inputs checked, with one-line errors: (first label map (H,W),
-    {t: later label map}, {object: first frame})."""
+    {t: later label map}, {object: first frame}).
+
+    Floating frames of any precision are accepted: float64, float16 or bfloat16 frames are
+    converted to float32 (the model's precision) one frame at a time by :func:`_frame` — exact for
+    float16/bfloat16, and within float32 rounding (~6e-8) for float64 images in [0,1]."""
     if isinstance(frames, torch.Tensor):
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[0] < 1 \
                 or not (frames.is_floating_point() or frames.dtype == torch.uint8):
@@ -207,7 +211,8 @@ def _frame(frames: torch.Tensor | FrameSource, t: int, device: torch.device) -> 
             raise ValueError(f"segment_video: frame {t} of the frame source must be a uint8 "
                              f"tensor {expect}, got {got}")
     frame = frame.to(device)
-    return frame.float().div_(255.0) if frame.dtype == torch.uint8 else frame
+    # float64/float16/bfloat16 frames become float32, the model's precision (see check_inputs).
+    return frame.float().div_(255.0) if frame.dtype == torch.uint8 else frame.float()
 
 
 def labels_from_probs(probs: torch.Tensor) -> torch.Tensor:

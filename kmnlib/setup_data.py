@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from kmnlib.cli import run_command
 from kmnlib.config import DATA_ENV, REPO_ROOT, resolve_data_root
 
 DATASETS = ("DAVIS-2016", "static")
@@ -43,13 +44,16 @@ def link_shared_data(repo_root: Path = REPO_ROOT, shared: Path | None = None) ->
 
 
 def main() -> int:
-    for line in link_shared_data():
-        print(line)
-    root = resolve_data_root()
-    if not (root / "DAVIS-2016" / "ImageSets" / "2016").is_dir():
-        print(DOWNLOAD_HINT, file=sys.stderr)
-        return 1
-    return 0
+    def work() -> int:
+        for line in link_shared_data():
+            print(line)
+        root = resolve_data_root()
+        if not (root / "DAVIS-2016" / "ImageSets" / "2016").is_dir():
+            print(DOWNLOAD_HINT, file=sys.stderr)
+            return 1
+        return 0
+
+    return run_command(work, debug=False, status=1)  # one line on Ctrl-C, exit 130
 
 
 if __name__ == "__main__":

@@ -153,12 +153,18 @@ def hide_and_seek(image: np.ndarray, mask: np.ndarray, *, grid: int, p: float,
     hidden cells are ``fill`` (RGB in [0,1]) in the image and 0 in the mask. Cells follow
     :func:`cell_edges`, so H and W need not be divisible by ``grid``.
     """
+    if not isinstance(grid, (int, np.integer)) or isinstance(grid, bool) or grid < 1:
+        raise ValueError(f"hide_and_seek: grid must be an integer >= 1 (cells per side), "
+                         f"got {grid!r}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"hiding probability must be in [0, 1], got {p}")
     check_fill(fill)
     out = _as_float_image(image)
     if mask.shape != out.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {out.shape[:2]}")
+    if grid > min(out.shape[:2]):
+        raise ValueError(f"hide_and_seek: grid={grid} cells per side exceeds the image's shorter "
+                         f"side ({min(out.shape[:2])} pixels); pass a grid of at most that")
     hidden = rng.random((grid, grid)) < p  # p=0 hides nothing, p=1 everything ([0,1) draws)
     pix = hidden_pixels(hidden, *out.shape[:2])
     out[pix] = fill

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from kmnlib.cli import add_debug_flag, check_output_dir, positive_int, run_command
+from kmnlib.checkpoints import check_run_name, load_finished_checkpoint
+from kmnlib.cli import add_debug_flag, check_device, check_output_dir, positive_int, run_command
 from kmnlib.config import STAGES, get_profile, resolve_data_root, results_root
 from kmnlib.denormals import flush_denormals
+from kmnlib.model.backbones import resolve_weights
 from kmnlib.training import TrainingDiverged, train_stage
 
 
@@ -59,10 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["seed"] = a.seed
         profile = get_profile(a.profile).with_overrides(overrides)
         data_root = resolve_data_root(a.data_root)
+        # Every argument is checked before the output folder is made or anything is computed.
+        if not data_root.is_dir():
+            raise FileNotFoundError(f"--data-root {data_root}: data root not found (run `make "
+                                    f"data`, or pass --data-root / set KMN_DATA to the folder "
+                                    f"holding the datasets)")
+        check_device(a.device, setting="--device")
+        if a.name is not None:
+            check_run_name(a.name)
+        if a.init is not None:
+            _check_init(Path(a.init))
+        resolve_weights(profile.model)  # the ImageNet weights file is there
         out = check_output_dir(a.out or results_root() / profile.name / "checkpoints",
                                argument="--out", inputs=[data_root])
-        if a.init is not None and not Path(a.init).is_file():
-            raise FileNotFoundError(f"--init {a.init}: checkpoint not found")
         path = train_stage(profile, a.stage, out, data_root=data_root, init=a.init,
                            hide=not a.no_hide, device=a.device, resume=not a.no_resume,
                            progress=not a.quiet, force=a.force, name=a.name)
@@ -71,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command(work, debug=a.debug, status=1, extra_errors=(TrainingDiverged,))
+
+
+def _check_init(init: Path) -> None:
+    """``--init``: an existing file holding a finished run's checkpoint (one line otherwise)."""
+    if init.is_dir():
+        raise IsADirectoryError(f"--init {init}: is a directory, expected a checkpoint file "
+                                f"(e.g. {init / 'pretrain.pt'})")
+    if not init.exists():
+        raise FileNotFoundError(f"--init {init}: checkpoint not found")
+    load_finished_checkpoint(init, argument="--init")
 
 
 if __name__ == "__main__":

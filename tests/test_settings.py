@@ -193,9 +193,11 @@ def test_the_evaluated_sets_are_the_profiles_eval_sets(tmp_path) -> None:
         assert runs.extra_eval_sets(s) == [] and runs.youtube_vos_splits(s) == []
 
 
-def test_a_missing_eval_set_is_refused_before_any_work(tmp_path, capsys) -> None:
+def test_a_missing_eval_set_is_refused_before_any_work(tmp_path, capsys, data_root) -> None:
     data, out = tmp_path / "data", tmp_path / "out"
-    (data / "DAVIS-2016").mkdir(parents=True)
+    data.mkdir()
+    for name in ("DAVIS-2016", "static"):   # the rest of the test profile's data, as it is
+        (data / name).symlink_to(data_root / name)
     wanted = [DAVIS16_VAL, "DAVIS-2017:val"]
     assert runner.main(["--profile", "test", "--out-dir", str(out), "--params-json",
                         json.dumps({"data_root": str(data), "eval_sets": wanted})]) == 2

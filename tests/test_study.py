@@ -89,7 +89,8 @@ def test_runner_stops_at_a_failing_notebook_and_keeps_earlier_outputs(tmp_path, 
     assert not (nb_dir / "02_train_video.failed.ipynb").exists()
 
 
-def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypatch) -> None:
+def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypatch,
+                                                              data_root) -> None:
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "01_pretrain_static.ipynb",
@@ -97,7 +98,9 @@ def test_relative_paths_mean_the_same_to_runner_and_notebooks(tmp_path, monkeypa
               ".write_text(overrides['data_root'])")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
     monkeypatch.chdir(tmp_path)  # notebooks execute in nbs/, the study starts from tmp_path
-    (tmp_path / "mydata" / "DAVIS-2016").mkdir(parents=True)
+    (tmp_path / "mydata").mkdir()
+    for name in ("DAVIS-2016", "static"):   # the study checks its data before any work
+        (tmp_path / "mydata" / name).symlink_to(data_root / name)
     rc = runner.main(["--profile", "test", "--out-dir", "rel/out", "--only", "01_pretrain_static",
                       "--params-json", '{"data_root": "mydata"}'])
     assert rc == 0

@@ -11,14 +11,16 @@ import os
 from pathlib import Path
 
 from kmnlib.data.davis import DAVISDataset
-from kmnlib.data.masks import VOID, davis_palette, read_label_map, write_label_map
+from kmnlib.data.masks import (VOID, davis_palette, read_davis2016_mask, read_label_map,
+                               write_label_map)
 from kmnlib.data.static import StaticImageFolder, detect_layout
 from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoSequence, frames_to_tensor, read_image)
 from kmnlib.data.youtube_vos import YouTubeVOSDataset
 
 __all__ = [
     "DAVISDataset", "YouTubeVOSDataset", "StaticImageFolder", "VideoSequence", "frames_to_tensor",
-    "read_image", "read_label_map", "write_label_map", "davis_palette", "detect_layout", "VOID",
+    "read_image", "read_label_map", "read_davis2016_mask", "write_label_map", "davis_palette",
+    "detect_layout", "VOID",
     "DEFAULT_MAX_OBJECTS", "open_video_dataset", "open_static_dataset",
 ]
 

@@ -6,9 +6,11 @@ Layout (``resolution`` is a folder name such as ``480p``, ``240p`` or ``Full-Res
     <root>/JPEGImages/<resolution>/<seq>/00000.jpg ...
     <root>/Annotations/<resolution>/<seq>/00000.png ...
 
-DAVIS 2016 masks are 0/255 grey PNGs read as {0,1} (a DAVIS-2017 palette folder read with
-``year="2016"`` collapses its objects into one, as the official 2016 protocol does). DAVIS 2017
-masks are palette PNGs: ids 1..N as stored, 255 = void.
+DAVIS 2016 masks are 0/255 grey PNGs read as {0,1}; 0/1 grey (8- or 16-bit) and palette masks
+read the same (:func:`kmnlib.data.masks.read_davis2016_mask` has the rule; a DAVIS-2017 palette
+folder read with ``year="2016"`` collapses its objects into one, as the official 2016 protocol
+does). DAVIS 2017 masks are palette PNGs (or 8/16-bit grey label maps): ids 1..N as stored,
+255 = void.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.data.masks import VOID, read_davis2016_mask, read_label_map
 from kmnlib.data.video import (DEFAULT_MAX_OBJECTS, VideoDataset, VideoSequence, check_mask_size,
                                check_object_count, list_frames_and_masks)
 
@@ -33,20 +35,30 @@ def read_split(root: str | os.PathLike, year: str | int, split: str) -> list[str
     """Sequence names listed in ``ImageSets/<year>/<split>.txt``, in file order.
 
     Lines may be bare names or the original DAVIS-2016 style ``/JPEGImages/480p/<seq>/00000.jpg
-    /Annotations/...`` frame pairs (a name then repeats once per frame; it is kept once).
+    /Annotations/...`` frame pairs (a name then repeats once per frame; it is kept once). A UTF-8
+    byte-order mark and whitespace around a name are dropped; a bare name is the whole line (a
+    space inside it stays, and the folder check then shows the name with ``repr``).
     """
     path = split_file(root, year, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: sequence list not found (is the DAVIS root the folder "
                                 f"holding ImageSets/, Annotations/, JPEGImages/? year {year}, "
                                 f"split {split!r})")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+                         f"sequence list as plain UTF-8, one name per line") from None
     names: list[str] = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for line in text.splitlines():
+        line = line.strip().lstrip("\ufeff").strip()
         if not line:
             continue
-        parts = line.split()[0].strip("/").split("/")
-        name = parts[2] if len(parts) >= 3 else parts[0]
+        if "/" in line:  # DAVIS-2016 frame-pair line: /JPEGImages/480p/<seq>/00000.jpg ...
+            parts = line.split()[0].strip("/").split("/")
+            name = parts[2] if len(parts) >= 3 else parts[0]
+        else:
+            name = line
         if name not in names:
             names.append(name)
     if not names:
@@ -79,8 +91,8 @@ class DAVISDataset(VideoDataset):
         others = sorted(p.parent.name for p in (self.root / kind).glob(f"*/{name}") if p.is_dir())
         hint = (f"; the sequence exists at resolution(s) {', '.join(others)} — pass "
                 f"resolution={others[0]!r}" if others else "")
-        raise FileNotFoundError(f"{folder}: sequence folder missing (listed in ImageSets/"
-                                f"{self.year}/{self.split}.txt){hint}")
+        raise FileNotFoundError(f"{folder}: sequence folder missing (sequence {name!r}, listed in "
+                                f"ImageSets/{self.year}/{self.split}.txt){hint}")
 
     def __repr__(self) -> str:
         return (f"DAVISDataset({str(self.root)!r}, year={self.year!r}, split={self.split!r}, "
@@ -99,7 +111,7 @@ class DAVISDataset(VideoDataset):
                                     f"annotation missing")
         size = check_mask_size(first, frames[0])
         binary = self.year == "2016"
-        labels = read_label_map(first, binary=binary)
+        labels = read_davis2016_mask(first) if binary else read_label_map(first, binary=False)
         ids = [int(v) for v in np.unique(labels) if v not in (0, VOID)]
         if binary:
             ids = [1] if ids else []

@@ -19,6 +19,13 @@ these sets with two models × three reads per seed within its hour; the twin or 
 is there from frame 0, so a leak shows early). Both are written in the DAVIS layout (JPEG quality
 95, ``ImageSets``), so the DAVIS reader and evaluation read them unchanged. They are built once into a cache folder (git-ignored), in a
 temporary folder renamed into place only when complete, and never committed.
+
+Each build is keyed by what it was made from: ``<cache>/<set>/v<version>-<source>/``, where
+``<source>`` starts the sha256 of the source's content (:func:`source_fingerprint`: the val list
+and every 480p frame and annotation file of the val sequences). Sets derived from different data
+roots (or from changed data) live side by side; the same content under another root reuses the
+build. A build is never deleted to make room for another: a folder is only ever replaced by
+renaming a complete new copy into place (:func:`_build`).
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kmnlib.data.davis import DAVISDataset, read_split
+from kmnlib.data.davis import DAVISDataset, read_split, split_file
 from kmnlib.data.masks import VOID, read_label_map, write_label_map
+from kmnlib.fingerprint import files_digest, folder_files
 
 TWIN = "DAVIS-2016-twin"
 PAIRS = "DAVIS-2016-pairs"
@@ -97,34 +105,84 @@ def _save_jpeg(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path, quality=JPEG_QUALITY)
 
 
-def _build(target: Path, write: "callable[[Path], dict]") -> Path:
-    """Run ``write(tmp)`` into a temp folder beside ``target`` and rename it into place."""
+def source_fingerprint(davis16: str | os.PathLike) -> str:
+    """sha256 of what the builders read from a DAVIS-2016 root: ``ImageSets/2016/val.txt`` and
+    every file of ``JPEGImages/480p/<seq>`` and ``Annotations/480p/<seq>`` for its sequences
+    (relative names, sizes, contents: :func:`kmnlib.fingerprint.files_digest`). ~0.1-0.3 s for
+    DAVIS-2016 val the first time in a process, a stat per file after that."""
+    davis16 = Path(davis16)
+    names = read_split(davis16, "2016", "val")
+    files = [split_file(davis16, "2016", "val")]
+    for name in names:
+        for kind in ("JPEGImages", "Annotations"):
+            files += folder_files(davis16 / kind / "480p" / name)
+    return files_digest(davis16, files)["sha256"]
+
+
+def _target(cache: str | os.PathLike, set_name: str, source_sha: str) -> Path:
+    """``<cache>/<set>/v<version>-<first 16 hex of the source sha256>``."""
+    return Path(cache) / set_name / f"v{_VERSION}-{source_sha[:16]}"
+
+
+def _build(target: Path, write: "callable[[Path], dict]", source_sha: str) -> Path:
+    """Run ``write(tmp)`` into a temp folder beside ``target``; rename it into place once complete.
+
+    Nothing is deleted first: a failed build leaves every existing set as it was (and no temp
+    folder). If ``target`` was built meanwhile by another process, that build is kept; a stale
+    folder of the same name (no valid ``build.json``) is renamed aside, the new one renamed in,
+    and only then is the old one removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         info = write(tmp)
-        (tmp / "build.json").write_text(json.dumps(info, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "build.json").write_text(json.dumps({**info, "source_sha256": source_sha},
+                                                   indent=1))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        _rename_into_place(tmp, target, source_sha)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
     return target
 
 
-def _is_built(target: Path, source: Path) -> bool:
+def _rename_into_place(tmp: Path, target: Path, source_sha: str) -> None:
+    if _is_built(target, source_sha):
+        return  # another process built the same set first: keep it
+    if not target.exists():
+        try:
+            os.replace(tmp, target)
+            return
+        except OSError:
+            if _is_built(target, source_sha):  # lost a race to an identical build
+                return
+            raise
+    aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+    os.replace(target, aside / "old")
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(aside / "old", target)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _is_built(target: Path, source_sha: str) -> bool:
     marker = target / "build.json"
     if not marker.is_file():
         return False
-    info = json.loads(marker.read_text())
-    return info.get("version") == _VERSION and info.get("source") == str(source.resolve())
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("version") == _VERSION and info.get("source_sha256") == source_sha
 
 
 def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path:
-    """``<cache>/DAVIS-2016-twin`` from DAVIS-2016 val at 480p (built once; see the module doc)."""
-    davis16, target = Path(davis16), Path(cache) / TWIN
-    if _is_built(target, davis16):
+    """``<cache>/DAVIS-2016-twin/v<version>-<source>`` from DAVIS-2016 val at 480p (built once per
+    source content; see the module doc)."""
+    davis16, source_sha = Path(davis16), source_fingerprint(davis16)
+    target = _target(cache, TWIN, source_sha)
+    if _is_built(target, source_sha):
         return target
     ds = DAVISDataset(davis16, year="2016", split="val", resolution="480p")
 
@@ -146,13 +204,15 @@ def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
         return {"version": _VERSION, "source": str(davis16.resolve()), "set": TWIN,
                 "sequences": ds.names, "max_frames": MAX_FRAMES}
 
-    return _build(target, write)
+    return _build(target, write, source_sha)
 
 
 def build_pair_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path:
-    """``<cache>/DAVIS-2016-pairs`` from DAVIS-2016 val at 480p (built once; see the module doc)."""
-    davis16, target = Path(davis16), Path(cache) / PAIRS
-    if _is_built(target, davis16):
+    """``<cache>/DAVIS-2016-pairs/v<version>-<source>`` from DAVIS-2016 val at 480p (built once
+    per source content; see the module doc)."""
+    davis16, source_sha = Path(davis16), source_fingerprint(davis16)
+    target = _target(cache, PAIRS, source_sha)
+    if _is_built(target, source_sha):
         return target
     ds = DAVISDataset(davis16, year="2016", split="val", resolution="480p")
     names = read_split(davis16, "2016", "val")
@@ -178,7 +238,7 @@ def build_pair_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
         return {"version": _VERSION, "source": str(davis16.resolve()), "set": PAIRS,
                 "pairs": [list(p) for p in pairs], "max_frames": MAX_FRAMES}
 
-    return _build(target, write)
+    return _build(target, write, source_sha)
 
 
 def twin_masks(twin_root: str | os.PathLike, sequence: str) -> np.ndarray:

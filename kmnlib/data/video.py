@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from kmnlib.data.masks import VOID, read_label_map
+from kmnlib.data.masks import VOID, read_davis2016_mask, read_label_map
 
 if TYPE_CHECKING:  # torch is only needed by frames_to_tensor; keep plain data reading torch-free
     import torch
@@ -71,6 +71,15 @@ def frames_to_tensor(frames: np.ndarray) -> "torch.Tensor":
     return t.movedim(-1, -3).float().div_(255.0)
 
 
+def _listdir(folder: Path, what: str) -> list[Path]:
+    """The entries of ``folder``; an unreadable folder says so (never "no frames/annotations")."""
+    try:
+        return list(folder.iterdir())
+    except PermissionError:
+        raise PermissionError(f"{folder}: {what} folder cannot be read (permission denied); give "
+                              f"read access to it (chmod -R a+rX) and run again") from None
+
+
 def list_frames_and_masks(frame_dir: Path, mask_dir: Path) -> tuple[list[Path], list[Path | None]]:
     """Pair ``frame_dir/<stem>.jpg`` with ``mask_dir/<stem>.png`` (None where a frame has no mask).
 
@@ -78,13 +87,14 @@ def list_frames_and_masks(frame_dir: Path, mask_dir: Path) -> tuple[list[Path], 
     """
     if not frame_dir.is_dir():
         raise FileNotFoundError(f"{frame_dir}: frame folder not found")
-    frames = sorted((p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS),
-                    key=frame_sort_key)
+    frames = sorted((p for p in _listdir(frame_dir, "frame")
+                     if p.suffix.lower() in FRAME_EXTENSIONS), key=frame_sort_key)
     if not frames:
         raise FileNotFoundError(f"{frame_dir}: no frames (*.jpg) in folder")
     masks = {}
     if mask_dir.is_dir():
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in MASK_EXTENSIONS}
+        masks = {p.stem: p for p in _listdir(mask_dir, "annotation")
+                 if p.suffix.lower() in MASK_EXTENSIONS}
     stems = {p.stem for p in frames}
     orphans = sorted((s for s in masks if s not in stems), key=lambda s: frame_sort_key(Path(s)))
     if orphans:
@@ -101,8 +111,9 @@ class VideoSequence:
     ``mask_paths[i]`` is None where frame ``i`` has no annotation (YouTube-VOS); ``load_masks``
     returns such frames as all-void (255) so "unknown" never reads as background.
     ``first_frame[obj]`` is the index of the first annotated frame holding object ``obj``
-    (0 for every object of DAVIS). With ``binary`` the masks are DAVIS-2016 style: every object
-    id (and 0/255 grey) collapses to object 1, void stays 255.
+    (0 for every object of DAVIS). With ``binary`` the masks are DAVIS-2016 style, read by
+    :func:`kmnlib.data.masks.read_davis2016_mask`: every object id (and 0/1 or 0/255 grey)
+    collapses to object 1, void stays 255.
     """
 
     name: str
@@ -173,12 +184,11 @@ class VideoSequence:
             path = self.mask_paths[i]
             if path is None:
                 continue
-            m = read_label_map(path, binary=True if self.binary else False)
+            # DAVIS-2016: one foreground object (0/1, 0/255 grey or palette ids), void kept
+            m = read_davis2016_mask(path) if self.binary else read_label_map(path, binary=False)
             if m.shape != (h, w):
                 raise ValueError(f"{path}: mask size {m.shape[0]}x{m.shape[1]} differs from the "
                                  f"frame size {h}x{w}")
-            if self.binary:  # DAVIS-2016 semantics: one foreground object, void kept
-                m = np.where(m == VOID, VOID, (m > 0).astype(np.uint8)).astype(np.uint8)
             out[k] = m
         return out
 

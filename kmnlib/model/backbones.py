@@ -186,21 +186,31 @@ def resolve_weights(cfg: ModelConfig) -> Path | None:
         given = cfg.weights or os.environ.get(RESNET50_ENV)
         if not given:
             raise FileNotFoundError(
-                "ResNet-50 ImageNet weights are required (ModelConfig.pretrained=True) but none were "
-                f"given: put torchvision's {RESNET50_FILE} (ResNet50_Weights.IMAGENET1K_V1) on this "
-                f"machine and set ${RESNET50_ENV} or ModelConfig.weights to its path. Nothing is "
-                "downloaded. (Use pretrained=False for a random-init model.)")
+                "model.weights: ResNet-50 ImageNet weights are required (ModelConfig.pretrained="
+                f"True) but none were given: put torchvision's {RESNET50_FILE} (ResNet50_Weights."
+                f"IMAGENET1K_V1) on this machine and set ${RESNET50_ENV} or ModelConfig.weights "
+                "(override model.weights) to its path. Nothing is downloaded. (Use pretrained=False "
+                "for a random-init model.)")
         path = Path(given).expanduser()
         if not path.is_file():
+            source = "model.weights" if cfg.weights else "$" + RESNET50_ENV
             raise FileNotFoundError(
-                f"{path}: ResNet-50 ImageNet weights file not found (from "
-                f"{'ModelConfig.weights' if cfg.weights else '$' + RESNET50_ENV}); expected "
-                f"torchvision's {RESNET50_FILE} (ResNet50_Weights.IMAGENET1K_V1). Nothing is downloaded.")
+                f"{source} {path}: ResNet-50 ImageNet weights file {_missing(path)}; expected "
+                f"torchvision's {RESNET50_FILE} (ResNet50_Weights.IMAGENET1K_V1): point "
+                f"ModelConfig.weights (override model.weights) or ${RESNET50_ENV} at it. Nothing "
+                "is downloaded.")
         return path
     path = Path(cfg.weights).expanduser() if cfg.weights else lite0_default_weights()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: EfficientNet-Lite0 weights file not found")
+        raise FileNotFoundError(f"model.weights {path}: EfficientNet-Lite0 weights file "
+                                f"{_missing(path)}; point model.weights at a local "
+                                "efficientnet-lite0 .pth, or None for the packaged file")
     return path
+
+
+def _missing(path: Path) -> str:
+    """Why ``path`` is not a weights file: a folder, or nothing there."""
+    return "expected, found a directory" if path.is_dir() else "not found"
 
 
 def build_trunk(cfg: ModelConfig) -> Trunk:

@@ -11,17 +11,27 @@ failing notebook stops the chain (exit code 1, papermill's error printed) and le
 earlier runs intact; the failed execution is kept beside them as ``<name>.failed.ipynb`` for
 inspection. Wall times go to ``<out_dir>/stage_times.csv`` and ``<out_dir>/index.html`` links the
 reports.
+
+One study at a time writes into an output folder: ``<out_dir>/.study.lock`` (:func:`study_lock`)
+refuses a second one while the first one's process lives, and the first thing done under it is to
+remove what an interrupted or killed run left (:func:`clean_leftovers`). Ctrl-C kills the running
+notebook's kernel, prints one line and exits with status 130; checkpoints (``<name>.last.pt``),
+finished evaluations and notebooks are kept, and the next run resumes from them.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import os
+import re
+import shutil
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,10 +39,13 @@ from typing import Any
 import nbformat
 import pandas as pd
 import papermill as pm
+import psutil
 from nbconvert import HTMLExporter
 
+from kmnlib.cli import INTERRUPTED, INTERRUPTED_STATUS, interruptible
 from kmnlib.config import REPO_ROOT
 from kmnlib.files import save_csv, save_text
+from kmnlib.provenance import write_provenance
 from kmnlib.study.session import resolve_study
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -87,7 +100,9 @@ def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: P
         # evaluation print their own progress lines from the kernel and its workers.
         pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
                             cwd=str(src.parent), progress_bar=progress, log_output=False)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            stop_children()  # the kernel runs in a session of its own: Ctrl-C did not reach it
         if tmp.exists():
             os.replace(tmp, failed)
         raise
@@ -100,6 +115,19 @@ def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: P
     os.replace(tmp, dst)
     failed.unlink(missing_ok=True)
     return seconds
+
+
+def stop_children(timeout_s: float = 10.0) -> None:
+    """Kill every process this one started (a notebook's kernel and the workers it spawned), so
+    an interrupted study leaves nothing running that could still write into its output folder.
+    SIGKILL, not SIGTERM: a terminated kernel prints tracebacks of its own; every file is written
+    atomically and what a killed run leaves is cleaned at the next start
+    (:func:`clean_leftovers`)."""
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=timeout_s)
 
 
 TIME_COLUMNS = ["notebook", "seconds", "status", "finished_utc"]
@@ -202,8 +230,25 @@ def run_study(profile: str, overrides: Mapping[str, Any] | None = None, *,
     missing = [n for n in names if not (notebook_dir / f"{n}.ipynb").is_file()]
     if missing:
         raise ValueError(f"{notebook_dir}: notebook(s) {missing} not found")
-    parameters = notebook_parameters(profile, overrides or {})
+    parameters = notebook_parameters(profile, overrides or {})  # every setting, before any work
     out_dir = Path(parameters["overrides"]["out_dir"])
+    with study_lock(out_dir):
+        cleaned = clean_leftovers(out_dir)
+        if cleaned:
+            log(f"[study] removed what an interrupted run left: "
+                f"{', '.join(str(p.relative_to(out_dir)) for p in cleaned)}")
+        times = _run_notebooks(names, notebook_dir, out_dir, parameters, log=log,
+                               progress=progress)
+        record_stage_times(out_dir, times)
+        (out_dir / FAILED_RUN).unlink(missing_ok=True)
+        write_provenance(out_dir)   # what made the folder's results (kmnlib.provenance)
+        return render_index(out_dir, profile)
+
+
+def _run_notebooks(names: Sequence[str], notebook_dir: Path, out_dir: Path,
+                   parameters: dict[str, Any], *, log: Callable[[str], None],
+                   progress: bool) -> list[dict[str, Any]]:
+    """:func:`run_study`'s chain: each notebook in turn; this run's ``stage_times`` rows."""
     nb_out = out_dir / "notebooks"
     nb_out.mkdir(parents=True, exist_ok=True)
     times: list[dict[str, Any]] = []
@@ -214,24 +259,132 @@ def run_study(profile: str, overrides: Mapping[str, Any] | None = None, *,
             try:
                 secs = execute_notebook(notebook_dir / f"{name}.ipynb", nb_out / f"{name}.ipynb",
                                         parameters, workdir=Path(kdir), progress=progress)
-            except BaseException:
-                times.append(stage_time(name, time.perf_counter() - t0, "failed"))
+            except BaseException as exc:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                times.append(stage_time(name, time.perf_counter() - t0,
+                                        "interrupted" if interrupted else "failed"))
                 save_csv(pd.DataFrame(times, columns=TIME_COLUMNS), out_dir / FAILED_RUN)
-                log(f"[study] {name} FAILED; this run's times: {out_dir / FAILED_RUN}; "
-                    f"the partial execution: {nb_out / (name + '.failed.ipynb')}")
+                if not interrupted:  # an interrupt is reported by main() in one line
+                    log(f"[study] {name} FAILED; this run's times: {out_dir / FAILED_RUN}; "
+                        f"the partial execution: {nb_out / (name + '.failed.ipynb')}")
                 raise
             render_html(nb_out / f"{name}.ipynb", nb_out / f"{name}.html")
             times.append(stage_time(name, secs, "ok"))
             log(f"[study] {name} done in {secs:.1f} s → {nb_out / (name + '.html')}")
-    record_stage_times(out_dir, times)
-    (out_dir / FAILED_RUN).unlink(missing_ok=True)
-    return render_index(out_dir, profile)
+    return times
+
+
+LOCK_FILE = ".study.lock"
+
+
+@contextlib.contextmanager
+def study_lock(out_dir: Path) -> Iterator[Path]:
+    """Hold ``<out_dir>/.study.lock`` (created with O_CREAT|O_EXCL, holding ``<pid> <host>``) while
+    inside: a second study into the same folder is refused (``ValueError`` naming the folder and
+    the pid) while the first one's process lives; the lock of a process that has ended (killed,
+    say) is taken over."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None:
+                raise ValueError(f"out_dir {out_dir}: another study (pid {owner}) is running into "
+                                 f"this folder; wait for it to end or choose another --out-dir "
+                                 f"(if process {owner} is no study, delete {path})") from None
+            path.unlink(missing_ok=True)  # its process has ended: take the lock over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        break
+    else:
+        raise ValueError(f"out_dir {out_dir}: could not take the lock {path}; delete it if no "
+                         f"study is running into this folder")
+    try:
+        yield path
+    finally:
+        if _lock_text(path).split()[:1] == [str(os.getpid())]:
+            path.unlink(missing_ok=True)
+
+
+def _lock_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _lock_owner(path: Path) -> str | None:
+    """The pid (as text) holding the lock file ``path`` if that process may still live, else None
+    (a dead pid on this host, an unreadable or empty lock older than a few seconds)."""
+    for _ in range(20):  # a lock just created holds its pid a moment later
+        fields = _lock_text(path).split()
+        if fields or not path.exists():
+            break
+        time.sleep(0.1)
+    if not fields or not fields[0].isdigit():
+        return None
+    pid, host = fields[0], (fields[1] if len(fields) > 1 else socket.gethostname())
+    if host != socket.gethostname():
+        return f"{pid} on {host}"  # cannot tell from here whether it lives
+    return pid if psutil.pid_exists(int(pid)) and not _is_zombie(int(pid)) else None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+#: What a killed run leaves in its output folder: evaluation folders being computed
+#: (``.<run>.partial``) or being replaced (``.<run>.old``), notebooks being executed
+#: (``notebooks/.<name>.running.ipynb``) and atomic writes' temp files (``.<name>.XXXXXXXX.tmp``).
+_TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Remove what an interrupted or killed run left in ``out_dir`` (under the study lock, before
+    any notebook runs): ``.<run>.partial/`` folders; ``.<run>.old/`` folders, renamed back to
+    ``<run>`` when that is gone (killed between the two renames of a replacement);
+    ``.<name>.running.ipynb`` notebooks; temp files of atomic writes. Returns what it removed."""
+    removed = []
+    for entry in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        name = entry.name
+        if entry.is_dir() and name.startswith(".") and name.endswith((".partial", ".old")):
+            target = out_dir / name[1:].rsplit(".", 1)[0]
+            if name.endswith(".old") and not target.exists():
+                os.replace(entry, target)
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    for folder, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not d.endswith((".partial", ".old"))]
+        for f in files:
+            if _TEMP_FILE.match(f) or (f.startswith(".") and f.endswith(".running.ipynb")):
+                (Path(folder) / f).unlink(missing_ok=True)
+                removed.append(Path(folder) / f)
+    return removed
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
     """``--params-json``: a JSON object, or the path of a file holding one."""
-    if not text.lstrip().startswith("{") and Path(text).is_file():
-        text = Path(text).read_text()
+    if not text.lstrip().startswith(("{", "[")):  # not JSON text: the path of a file
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise ValueError(f"--params-json {text}: is a directory; pass a JSON object such as "
+                             f"'{{\"seed\": 1}}' or the path of a file holding one")
+        if path.is_file():
+            text = path.read_text()
+        else:
+            try:
+                json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"--params-json {text}: file not found (and not JSON either); "
+                                 f"pass a JSON object such as '{{\"seed\": 1}}' or the path of "
+                                 f"an existing file holding one") from None
     try:
         params = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -263,9 +416,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides[key] = str(value) if isinstance(value, Path) else value
         if args.force:
             overrides["force"] = True
-        index = run_study(args.profile, overrides, only=args.only, progress=True)
+        # On Ctrl-C the notebook's kernel is killed first: it runs in a session of its own (the
+        # terminal's Ctrl-C does not reach it), and shut down gently it would print tracebacks.
+        with interruptible(first=stop_children):
+            index = run_study(args.profile, overrides, only=args.only, progress=True)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return INTERRUPTED_STATUS
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except Exception as exc:  # papermill's PapermillExecutionError and kernel failures
         print(f"[study] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)

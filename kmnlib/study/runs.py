@@ -2,7 +2,8 @@
 
 A run folder ``out_dir/<run>/`` holds the result masks (``masks/``, git-ignored), the DAVIS
 evaluation CSVs, ``timing.csv`` (s/frame per sequence) and, written last, ``run.json``: the run's key
-(checkpoint file fingerprint, read, dataset, sequences, inference size, memory schedule). A later
+(:func:`run_key`: the checkpoint's content hash, the content of the data the run reads, the
+inference code, read, dataset, sequences, inference size, memory schedule, device). A later
 request with the same key reuses the folder; a folder without a matching ``run.json`` is recomputed.
 """
 from __future__ import annotations
@@ -18,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
+import kmnlib
 from kmnlib.analysis.oracle import twin_oracle
 from kmnlib.checkpoints import checkpoint_stage, load_model
 from kmnlib.config import REPO_ROOT
 from kmnlib.data import DAVISDataset, YouTubeVOSDataset, derived
+from kmnlib.data.davis import read_split
 from kmnlib.evaluate import evaluate_davis
 from kmnlib.files import atomic_write, save_csv, save_text
+from kmnlib.fingerprint import file_sha256, files_digest, folder_files, inference_code_sha256
 from kmnlib.memory import sigma_label
 from kmnlib.parallel import spawn_map
 from kmnlib.predict import run_dataset
@@ -68,31 +73,100 @@ def dataset_tag(dataset: str) -> str:
 
 
 def _fingerprint(path: Path) -> dict[str, Any]:
-    """A checkpoint file's identity in a run key: path, size and modification time.
+    """A checkpoint file in a run key: its content (``sha256``, ``size``) and, as a record only,
+    where it was and when it was written (``path``, ``mtime_ns``: not compared, see
+    :data:`RECORD_ONLY`). A copied or moved results folder with the same checkpoint reuses its
+    runs; a rewritten checkpoint, even one given its old mtime back, does not.
 
     The path is relative to the repository (:data:`kmnlib.config.REPO_ROOT`, POSIX separators)
     when the checkpoint lies inside it — the study's own checkpoints under ``results/`` do — so
-    that committed ``run.json`` files name no machine's folders and a moved checkout keeps its
-    cache; a checkpoint elsewhere (an ``out_dir`` outside the repository) is named absolutely."""
+    that committed ``run.json`` files name no machine's folders; a checkpoint elsewhere (an
+    ``out_dir`` outside the repository) is named absolutely."""
     st = path.stat()
     resolved = path.resolve()
     try:
         name = resolved.relative_to(REPO_ROOT.resolve()).as_posix()
     except ValueError:
         name = str(resolved)
-    return {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": file_sha256(path)}
+
+
+#: Checkpoint fields of a run key that ``run.json`` records but :func:`is_cached` does not
+#: compare: the content hash identifies the checkpoint.
+RECORD_ONLY = ("path", "mtime_ns")
 
 
 def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
             oracle: bool = False) -> dict[str, Any]:
-    """What a cached run folder's ``run.json`` must hold for the folder to be reused."""
+    """What a cached run folder's ``run.json`` must hold for the folder to be reused: the
+    checkpoint (:func:`_fingerprint`), the data the run reads (:func:`data_fingerprint`), the code
+    (kmnlib's version; a hash of its inference and evaluation sources,
+    :func:`kmnlib.fingerprint.inference_code_sha256`, a few ms once per process; torch's version),
+    the device (masks and s/frame depend on it) and every inference setting.
+
+    The data root's path is not in it: the same content under another root (a moved or copied
+    data folder) reuses the run; changed content under the same root does not."""
     inf = study.profile.inference
     return {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma, "dataset": dataset,
             "oracle": oracle, "sequences": _sequences_of(study, dataset),
+            "data": data_fingerprint(study, dataset, oracle),
+            "code": {"kmnlib": kmnlib.__version__, "inference_sha256": inference_code_sha256(),
+                     "torch": torch.__version__},
+            "device": study.device,
             "infer_height": inf.infer_height, "davis_resolution": inf.davis_resolution,
             "mem_every": inf.mem_every, "fold_batchnorm": inf.fold_batchnorm,
             "winograd": inf.winograd, "precision": inf.precision,
             "read_backend": inf.read_backend, "read_budget_bytes": inf.read_budget_bytes}
+
+
+def data_fingerprint(study: Study, dataset: str, oracle: bool = False) -> dict[str, Any]:
+    """The content of what a run on ``dataset`` reads, for the sequences it evaluates:
+    ``frames`` and ``annotations`` (DAVIS layout: at ``inference.davis_resolution``; YouTube-VOS:
+    the split's video folders, ``meta.json`` with the annotations), and ``twins`` for an oracle
+    read — each a :func:`kmnlib.fingerprint.files_digest` (count, bytes, sha256 over every file's
+    relative name, size and content).
+
+    Frame content is hashed, not only names and sizes: DAVIS-2016 val 480p is 100 MB, 0.1-0.3 s
+    once per process (hashes are cached per file; later keys cost a stat per file, ~0.01 s),
+    against minutes of inference (measurements in :mod:`kmnlib.fingerprint`). A missing folder
+    hashes as empty (the evaluation itself then names what is missing)."""
+    set_name, _, split = dataset.partition(":")
+    if set_name == YOUTUBE_VOS:
+        root = study.data_root / YOUTUBE_VOS / split
+        names = _youtube_videos(root / "meta.json", study.sequences)
+        meta = [root / "meta.json"] if (root / "meta.json").is_file() else []
+        return {"frames": _digest(root, [root / "JPEGImages" / n for n in names]),
+                "annotations": _digest(root, [root / "Annotations" / n for n in names], meta)}
+    if set_name in DERIVED_SETS:
+        root, year = davis(study, dataset).root, DERIVED_SETS[set_name][0]
+    else:
+        root, year = study.data_root / set_name, set_name[-4:]
+    names = _sequences_of(study, dataset)
+    if names is None:
+        try:
+            names = read_split(root, year, split)
+        except (OSError, ValueError):
+            names = []
+    res = study.profile.inference.davis_resolution
+    out = {"frames": _digest(root, [root / "JPEGImages" / res / n for n in names]),
+           "annotations": _digest(root, [root / "Annotations" / res / n for n in names])}
+    if oracle:  # the oracle reads the twin maps (stored at 480p)
+        out["twins"] = _digest(root, [root / "Twins" / "480p" / n for n in names])
+    return out
+
+
+def _digest(root: Path, folders: Sequence[Path], extra: Sequence[Path] = ()) -> dict[str, Any]:
+    return files_digest(root, [f for d in folders for f in folder_files(d)] + list(extra))
+
+
+def _youtube_videos(meta: Path, sequences: list[str] | None) -> list[str]:
+    """The videos a YouTube-VOS prediction reads (those of ``sequences`` that the split has)."""
+    try:
+        names = sorted(json.loads(meta.read_text())["videos"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return names if sequences is None else [n for n in sequences if n in names]
 
 
 def _sequences_of(study: Study, dataset: str) -> list[str] | None:
@@ -106,9 +180,23 @@ def _sequences_of(study: Study, dataset: str) -> list[str] | None:
 
 
 def is_cached(marker: Path, key: dict[str, Any], files: Sequence[Path]) -> bool:
-    """``marker`` (run.json, written last) holds ``key`` and every output file exists."""
-    return (marker.is_file() and all(f.is_file() for f in files)
-            and json.loads(marker.read_text()) == key)
+    """``marker`` (run.json, written last) holds ``key`` (:data:`RECORD_ONLY` fields aside) and
+    every output file exists. An unreadable marker matches nothing: the run is recomputed."""
+    if not (marker.is_file() and all(f.is_file() for f in files)):
+        return False
+    try:
+        saved = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return _compared(saved) == _compared(key)
+
+
+def _compared(key: Any) -> Any:
+    """``key`` without the checkpoint's :data:`RECORD_ONLY` fields."""
+    if isinstance(key, dict) and isinstance(key.get("checkpoint"), dict):
+        return {**key, "checkpoint": {k: v for k, v in key["checkpoint"].items()
+                                      if k not in RECORD_ONLY}}
+    return key
 
 
 def training_data(study: Study, stage: str) -> str:

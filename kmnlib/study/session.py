@@ -8,7 +8,9 @@ fields (``data_root``, ``out_dir``, ``sequences``, ``threads``, ...) or dotted p
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -30,8 +32,11 @@ from kmnlib.config import (
     split_overrides,
     study_settings,
 )
+from kmnlib.cli import check_device
+from kmnlib.data.davis import read_split
 from kmnlib.denormals import flush_denormals
 from kmnlib.files import save_text
+from kmnlib.model.backbones import resolve_weights
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,8 @@ def resolve_study(profile: str, overrides: Mapping[str, Any] | None = None) -> S
 
     Relative ``data_root`` / ``out_dir`` are made absolute against the current directory. The data
     root must hold DAVIS-2016 and every other set of the profile's ``eval_sets`` (``ValueError``
-    naming the setting, the set, the expected path and the fix otherwise).
+    naming the setting, the set, the expected path and the fix otherwise), and everything else the
+    study will read must be there (:func:`check_study_inputs`): no setting fails late.
     """
     settings_in, profile_in = split_overrides(overrides)
     prof = get_profile(profile).with_overrides(profile_in)
@@ -110,12 +116,120 @@ def resolve_study(profile: str, overrides: Mapping[str, Any] | None = None) -> S
     out = (settings.out_dir or results_root() / prof.name).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out}: is a file, not a folder; name a folder for the results")
-    if out == root or root in out.parents:
-        raise ValueError(f"out_dir {out}: lies inside the data root {root}; results must not be "
-                         f"written into the data — choose another folder")
+    inside = data_holding(out, root)
+    if inside is not None:
+        raise ValueError(f"out_dir {out}: lies inside the data root {root}{inside}; results must "
+                         f"not be written into the data — choose another folder")
+    check_study_inputs(prof, settings, root)
     cache = (settings.derived_dir or REPO_ROOT / "data" / "derived").expanduser().resolve()
     return Study(prof, dataclasses.replace(settings, data_root=root, out_dir=out,
                                            derived_dir=cache))
+
+
+LINK_DEPTH = 3  # data-root levels searched for symlinks (<root>/DAVIS-2016/JPEGImages/480p)
+
+
+def data_holding(out: Path, root: Path) -> str | None:
+    """None if ``out`` lies outside the data, else how it lies inside (``""``, or
+    ``" (through <link> → <target>)"``). Both paths are compared resolved (symlinks followed),
+    and so is every symlink within the data root's first :data:`LINK_DEPTH` levels: through the
+    default ``data/DAVIS-2016 → …/shared/data/DAVIS-2016`` links, an ``out_dir`` in the linked
+    ground truth is inside the data although its resolved path is not under the root's."""
+    out = Path(out).expanduser().resolve()
+    places = [(root, Path(root).resolve())]
+    level = [Path(root)]
+    for _ in range(LINK_DEPTH):  # links inside linked folders count too (depth-bounded: no loop)
+        below = []
+        for folder in level:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                if e.is_symlink():
+                    places.append((Path(e.path), Path(e.path).resolve()))
+                if e.is_dir():
+                    below.append(Path(e.path))
+        level = below
+    for link, target in places:
+        if out == target or target in out.parents:
+            return "" if link == root else f" (through {link} → {target})"
+    return None
+
+
+def check_study_inputs(prof: Profile, settings: StudySettings, root: Path) -> None:
+    """What :func:`resolve_study` checks beyond the settings' types and ranges, before any work:
+    the device, the ``sequences`` (DAVIS-2016 val names), the ``inference.davis_resolution``
+    folder of those sequences, the training data (``static_sets``, ``video_sets`` at
+    ``main.video_resolution``) and the ImageNet weights file (``model.weights``). A
+    ``ValueError`` of one line naming the setting, its value and the fix otherwise."""
+    check_device(settings.device, setting="device")
+    names = _val_sequences(root, settings.sequences)
+    res = prof.inference.davis_resolution
+    for name in names:
+        for kind in ("JPEGImages", "Annotations"):
+            if not (root / "DAVIS-2016" / kind / res / name).is_dir():
+                there = sorted(p.parent.name for p in (root / "DAVIS-2016" / kind).glob(f"*/{name}")
+                               if p.is_dir())
+                raise ValueError(f"inference.davis_resolution {res!r}: DAVIS-2016 val is not "
+                                 f"stored at {res} under the data root "
+                                 f"({root / 'DAVIS-2016' / kind / res / name} is missing); use "
+                                 f"one of {there or ['480p']} (inference.infer_height sets the "
+                                 f"size inference runs at)")
+    _check_training_sets(prof, root)
+    try:
+        resolve_weights(prof.model)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _val_sequences(root: Path, sequences: tuple[str, ...] | None) -> list[str]:
+    """``sequences`` (all of DAVIS-2016 val if None), each checked against the val list."""
+    try:
+        val = read_split(root / "DAVIS-2016", "2016", "val")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"DAVIS-2016 val: {exc} (data root {root}; run `make data`, or pass "
+                         f"data_root / set KMN_DATA)") from None
+    if sequences is None:
+        return val
+    unknown = [s for s in sequences if s not in val]
+    if unknown:
+        close = {s: difflib.get_close_matches(s, val, n=1) for s in unknown}
+        hint = "".join(f"; {s!r}: did you mean {c[0]!r}?" for s, c in close.items() if c)
+        raise ValueError(f"sequences: {unknown} are not DAVIS-2016 val sequences (the list in "
+                         f"{root / 'DAVIS-2016' / 'ImageSets' / '2016' / 'val.txt'}, which the "
+                         f"twin and pairs sets are made from){hint}; name val sequences, e.g. "
+                         f"{json.dumps(val[:2])}, or leave sequences out for all")
+    return list(sequences)
+
+
+def _check_training_sets(prof: Profile, root: Path) -> None:
+    """``static_sets`` (folders under <root>/static) and ``video_sets`` (their split lists, and
+    DAVIS frames at ``main.video_resolution``) are there."""
+    missing = [f"{s!r} ({root / 'static' / s} is missing)" for s in prof.static_sets
+               if not (root / "static" / s).is_dir()]
+    if missing:
+        there = sorted(p.name for p in (root / "static").iterdir() if p.is_dir()) \
+            if (root / "static").is_dir() else []
+        raise ValueError(f"static_sets: not found under the data root: {', '.join(missing)}; add "
+                         f"the data (data/README.md) or override static_sets with sets that are "
+                         f"there: {json.dumps(there)}")
+    res = prof.main.video_resolution
+    for spec in prof.video_sets:
+        name, _, split = spec.partition(":")
+        base = root / name
+        if name == "YouTube-VOS":
+            need = [base / split / "meta.json"]
+        else:
+            year = name[-4:]
+            listed = base / "ImageSets" / year / f"{split}.txt"
+            first = read_split(base, year, split)[:1] if listed.is_file() else []
+            need = [listed, *(base / "JPEGImages" / res / n for n in first)]
+        gone = next((p for p in need if not p.exists()), None)
+        if gone is not None:
+            raise ValueError(f"video_sets: {spec!r} not found under the data root ({gone} is "
+                             f"missing; main.video_resolution is {res!r}); add the data "
+                             f"(data/README.md) or override video_sets / main.video_resolution")
 
 
 PROFILE_JSON = "profile.json"

@@ -27,6 +27,28 @@ def _runs(out_dir: Path) -> list[Path]:
     return [out_dir] + sorted(d for d in out_dir.parent.glob(f"{out_dir.name}-seed*") if d.is_dir())
 
 
+def _read_runs(out_dir: Path, table: str) -> pd.DataFrame:
+    """``tables/<table>`` of every run, concatenated; a one-line error when no run holds it."""
+    frames = [_read(d / "tables" / table) for d in _runs(out_dir)
+              if (d / "tables" / table).is_file()]
+    if not frames:
+        raise FileNotFoundError(f"{out_dir}: holds no tables/{table} (nor do its -seed<N> "
+                                f"replicates); run `make study` first, or name the folder a study "
+                                f"wrote (e.g. results/mini)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_study_folder(out_dir: Path) -> None:
+    """Refuse a folder that is missing or holds no study tables, naming it and the fix."""
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir}: results folder not found; run `make study` first, or "
+                                f"name the folder a study wrote (e.g. results/mini)")
+    if not any((d / "tables").is_dir() for d in _runs(out_dir)):
+        raise FileNotFoundError(f"{out_dir}: holds no study tables (no tables/ folder); run "
+                                f"`make study` first, or name the folder a study wrote (e.g. "
+                                f"results/mini)")
+
+
 def _markdown(df: pd.DataFrame, digits: int = 1) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -44,9 +66,7 @@ def _markdown(df: pd.DataFrame, digits: int = 1) -> str:
 
 def arms_by_seed(out_dir: Path) -> pd.DataFrame:
     """J&F of every (stage, arm, read) per seed, from each run's ``03_davis16_val.csv``."""
-    frames = [_read(d / "tables" / "03_davis16_val.csv") for d in _runs(out_dir)
-              if (d / "tables" / "03_davis16_val.csv").is_file()]
-    df = pd.concat(frames, ignore_index=True)
+    df = _read_runs(out_dir, "03_davis16_val.csv")
     df["read"] = df.apply(lambda r: "STM read" if pd.isna(r["sigma"]) else f"KM σ={r['sigma']:g}",
                           axis=1)
     wide = df.pivot_table(index=["stage", "pretraining", "read"], columns="seed", values="J&F",
@@ -64,9 +84,7 @@ def effects(out_dir: Path, table: str) -> pd.DataFrame:
 
 def distractors(out_dir: Path) -> pd.DataFrame:
     """Twin / pair J&F and twin leakage per model and read, mean over the seeds found."""
-    frames = [_read(d / "tables" / "07_distractors.csv") for d in _runs(out_dir)
-              if (d / "tables" / "07_distractors.csv").is_file()]
-    df = pd.concat(frames, ignore_index=True)
+    df = _read_runs(out_dir, "07_distractors.csv")
     df["read"] = df.apply(lambda r: ("oracle, " if r["oracle"] else "")
                           + ("extension, " if r.get("extension", False) else "")
                           + ("STM read" if pd.isna(r["sigma"]) else f"KM σ={r['sigma']:g}"),
@@ -85,8 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         out = args.out_dir.resolve()
+        check_study_folder(out)
+        arms = arms_by_seed(out)  # before any output: a folder without the table prints nothing
         print(f"## Every arm, DAVIS-16 val J&F (`{out.name}/tables/03_davis16_val.csv` per run)\n")
-        print(_markdown(arms_by_seed(out)))
+        print(_markdown(arms))
         print("\n## Effects on DAVIS-16 val (`tables/effects.csv`)\n")
         print(_markdown(effects(out, "effects.csv"), 2))
         print("\n## Distractor sets (`tables/07_distractors.csv` per run)\n")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from kmnlib.checkpoints import load_checkpoint
 from kmnlib.data import open_static_dataset
 from kmnlib.files import save_csv
 from kmnlib.parallel import spawn_map
@@ -18,6 +19,7 @@ from kmnlib.study.session import Study
 from kmnlib.synthesis import StaticClipDataset
 from kmnlib.training import train_stage
 from kmnlib.training.batches import clip_fill
+from kmnlib.training.trainer import checkpoint_name, run_spec, spec_mismatch
 
 ARMS: dict[str, bool] = {"HaS": True, "no HaS": False}  # arm label → Hide-and-Seek pre-training
 PROGRESS_EVERY_S = 60.0  # a training progress line on stderr this often (StudySettings.progress)
@@ -25,11 +27,28 @@ PROGRESS_EVERY_S = 60.0  # a training progress line on stderr this often (StudyS
 
 def _trained(study: Study, stage: str, hide: bool, force: bool) -> Path:
     """The checkpoint of ``stage`` for one arm; main training starts from that arm's pre-training
-    (reused, never retrained here: ``force`` applies to ``stage`` only)."""
+    (reused, never retrained here: ``force`` applies to ``stage`` only). A main checkpoint (or its
+    resumable ``.last.pt``) made from another pre-training checkpoint than today's — the parent
+    was retrained, e.g. ``--force --only 01_pretrain_static`` — is retrained, not reused; any other
+    changed setting is still refused by the trainer unless ``force`` (``--force``)."""
     init = _trained(study, "pretrain", hide, force=False) if stage == "main" else None
+    if init is not None and not force:
+        force = parent_changed(study, hide, init)
     return train_stage(study.profile, stage, study.checkpoints, data_root=study.data_root,
                        hide=hide, init=init, device=study.device, force=force, progress=False,
                        report_every=PROGRESS_EVERY_S if study.settings.progress else None)
+
+
+def parent_changed(study: Study, hide: bool, init: Path) -> bool:
+    """Whether the arm's main checkpoint (final, else resumable) exists and differs from the run
+    about to start only in its parent (``init``: the pre-training checkpoint's content hash)."""
+    init = Path(init).resolve()
+    name = checkpoint_name("main", hide=hide, init=init)
+    spec = run_spec(study.profile, "main", hide, init)
+    for path in (study.checkpoints / f"{name}.pt", study.checkpoints / f"{name}.last.pt"):
+        if path.is_file():
+            return spec_mismatch(load_checkpoint(path).get("spec"), spec) == ["init"]
+    return False
 
 
 def pretrained(study: Study, hide: bool) -> Path:

@@ -24,8 +24,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm  # plain bars: tqdm.auto warns inside Jupyter without ipywidgets
 
-from kmnlib.checkpoints import load_checkpoint, save_checkpoint
+from kmnlib.checkpoints import (check_run_name, load_checkpoint, load_finished_checkpoint,
+                                save_checkpoint)
 from kmnlib.config import NOT_AFFECTING_RESULTS, STAGES, Profile, current_names
+from kmnlib.fingerprint import file_sha256
 from kmnlib.memory import LogitStats
 from kmnlib.model import build_model
 from kmnlib.training.batches import StepBatches, build_clip_dataset
@@ -46,12 +48,21 @@ def checkpoint_name(stage: str, *, hide: bool, init: str | os.PathLike | None) -
 
 def run_spec(profile: Profile, stage: str, hide: bool, init: Path | None) -> dict[str, Any]:
     """What a checkpoint must match to be reused or resumed (a changed config means a different
-    run); settings that change no result (``config.NOT_AFFECTING_RESULTS``) are left out."""
+    run); settings that change no result (``config.NOT_AFFECTING_RESULTS``) are left out.
+
+    ``init`` (the parent checkpoint a main stage starts from) is recorded by its content,
+    ``{"sha256": ...}``, not its path: a retrained parent (new weights under the same name) makes
+    its children's spec differ, so they are retrained, not reused; the same parent in a moved or
+    copied ``out_dir`` still matches. The :class:`Trainer` checks the file exists before this runs;
+    a missing one (only callers that compare specs without training) records ``None``."""
     stage_config = {k: v for k, v in asdict(profile.stage(stage)).items()
                     if f"{stage}.{k}" not in NOT_AFFECTING_RESULTS}
+    parent = None
+    if init:
+        parent = {"sha256": file_sha256(init) if Path(init).is_file() else None}
     return {"profile": profile.name, "stage": stage, "iterations": profile.stage(stage).iterations,
             "seed": profile.seed, "hide": bool(hide) if stage == "pretrain" else True,
-            "init": str(init) if init else None, "amp": profile.amp,
+            "init": parent, "amp": profile.amp,
             "model": asdict(profile.model), "stage_config": stage_config,
             "static_sets": list(profile.static_sets) if stage == "pretrain" else [],
             "video_sets": list(profile.video_sets) if stage == "main" else []}
@@ -127,7 +138,8 @@ class Trainer:
                                     f"datasets)")
         self.resume, self.force, self.progress, self.callback = resume, force, progress, callback
         self.report_every = report_every
-        self.name = name or checkpoint_name(stage, hide=hide, init=self.init)
+        self.name = check_run_name(name, argument="name") if name else \
+            checkpoint_name(stage, hide=hide, init=self.init)
         self.out_dir = Path(out_dir)
         self.final_path = self.out_dir / f"{self.name}.pt"
         self.last_path = self.out_dir / f"{self.name}.last.pt"
@@ -200,7 +212,7 @@ class Trainer:
         torch.manual_seed(self.profile.seed)
         model = build_model(self.profile.model).to(self.device)
         if self.init is not None:
-            src = load_checkpoint(self.init)
+            src = load_finished_checkpoint(self.init, argument="init")
             if _listify(src["profile"]["model"]) != _listify(asdict(self.profile.model)):
                 raise ValueError(f"{self.init}: its model config {src['profile']['model']} differs "
                                  f"from profile {self.profile.name!r}'s {asdict(self.profile.model)}")

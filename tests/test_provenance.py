@@ -1,0 +1,42 @@
+"""kmnlib.provenance: what made a results folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from kmnlib.config import REPO_ROOT
+from kmnlib.provenance import read_provenance, write_provenance
+
+
+def test_provenance_names_the_commit_the_command_and_the_machine(tmp_path):
+    path = write_provenance(tmp_path, ["python", "-m", "kmnlib.study", "--seed", "3"])
+    record = json.loads(path.read_text())
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert record["commit"] == head and len(head) == 40
+    assert record["command"] == ["python", "-m", "kmnlib.study", "--seed", "3"]
+    assert record["versions"]["torch"] and record["versions"]["python"]
+    assert record["cpu"] and record["threads"] >= 1 and record["date_utc"].endswith("+00:00")
+    assert isinstance(record["dirty"], list)
+    assert read_provenance(tmp_path) == record
+
+
+def test_dirty_lists_changed_code_only(tmp_path, monkeypatch):
+    import kmnlib.provenance as prov
+    calls = []
+
+    def fake_git(*args):
+        calls.append(args)
+        return "abc" if args[0] == "rev-parse" else " M kmnlib/memory.py\n?? notebooks/x.ipynb"
+    monkeypatch.setattr(prov, "_git", fake_git)
+    record = json.loads(write_provenance(tmp_path, ["x"]).read_text())
+    assert record["dirty"] == ["kmnlib/memory.py", "notebooks/x.ipynb"]
+    status = next(a for a in calls if a[0] == "status")
+    assert "kmnlib" in status and "notebooks" in status and "README.md" not in status
+
+
+def test_missing_provenance_is_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no provenance.json"):
+        read_provenance(tmp_path)
