@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from kmnlib.data import DAVISDataset
-from kmnlib.data.derived import (TWIN, build_pair_set, build_twin_set, pair_frame, pairing,
-                                 twin_frame, twin_masks)
+from kmnlib.data.derived import (CLEAN, TWIN, build_clean_set, build_pair_set, build_twin_set,
+                                 pair_frame, pairing, twin_frame, twin_masks)
 from kmnlib.data.masks import davis_palette, read_label_map
 
 
@@ -92,3 +92,19 @@ def test_built_sets_read_as_davis(small_davis, tmp_path) -> None:
     assert np.array_equal(labels == 2, guest > 0)
     assert np.array_equal(labels == 1, (host > 0) & (guest == 0))
     assert not list(cache.glob(".*")) and not list(cache.glob("*/.*"))  # no temp folders left
+
+
+def test_clean_control_holds_the_twin_sets_frames_without_the_twin(small_davis, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    twin_root, clean_root = build_twin_set(small_davis, cache), build_clean_set(small_davis, cache)
+    assert clean_root.parent == cache / CLEAN and clean_root != twin_root
+    clean, twin = (DAVISDataset(r, "2016", "val", "480p") for r in (clean_root, twin_root))
+    orig = DAVISDataset(small_davis, "2016", "val", "480p")
+    assert clean.names == twin.names
+    for name in clean.names:
+        assert len(clean[name]) == len(twin[name])
+        for ours, theirs in zip(clean[name].frame_paths, orig[name].frame_paths):
+            assert Path(ours).read_bytes() == Path(theirs).read_bytes()   # the frames as they are
+        assert np.array_equal(clean[name].load_masks(), twin[name].load_masks())
+        assert np.array_equal(twin_masks(clean_root, name), twin_masks(twin_root, name))
+        assert not np.array_equal(clean[name].load_frames(), twin[name].load_frames())

@@ -223,8 +223,20 @@ def test_every_notebook_runs_and_writes_its_outputs(smoke_run: Path, davis_root:
     assert all(f'href="notebooks/{n}.html"' in index for n in runner.NOTEBOOKS)
     for fig in ("01_pretrain_loss", "01_synthetic_clip_0", "02_main_loss", "03_per_sequence",
                 "03_overlays_best_worst", "04_sigma_curve", "05_loss_map_0_hidden",
-                "07_stress_sets", "07_read_weights", "07_logit_gaps"):
+                "07_stress_sets", "07_read_weights", "07_logit_gaps", "07_decoder_swap",
+                "07_leak_onset"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    # The leak-mechanism tables: every combination and scope, every oracle, the clean control.
+    swap = pd.read_csv(out / "tables" / "07_decoder_swap.csv")
+    assert len(swap) == 2 * 2 * 2 * 4 * 2 and swap["leakage"].between(0, 100).all()
+    assert set(zip(swap["readout_from"], swap["query_from"])) == {
+        (r, q) for r in ("twin", "clean") for q in ("twin", "clean")}
+    strength = pd.read_csv(out / "tables" / "07_oracle_strength.csv")
+    assert set(strength["oracle"]) == {"none", "half", "any", "half, dilated 1"}
+    clean = pd.read_csv(out / "tables" / "07_clean_control.csv")
+    assert len(clean) == 4 and clean["mirrored_fp"].between(0, 100).all()
+    onset = pd.read_csv(out / "tables" / "07_leak_onset.csv")
+    assert set(onset["frame"]) == set(range(1, 30)) and (provenance_commit(out) is not None)
     for log in ("pretrain.csv", "pretrain_nohas.csv", "main_from_pretrain.csv"):
         assert len(pd.read_csv(out / "training" / log)) == 4, log  # one row per iteration
     env = _outputs_text(out / "notebooks" / "01_pretrain_static.ipynb")
@@ -300,6 +312,11 @@ def test_tables_notebook_shows_the_papers_numbers(smoke_run: Path) -> None:
     assert set(means.index) == {"plain", "hidden"}
     assert np.isnan(means.loc["plain", "hidden_edge_loss"])  # no hidden cells without hiding
     assert np.isfinite(means.loc["hidden", "gt_boundary_loss"])
+
+
+def provenance_commit(out: Path) -> str | None:
+    """The commit a study folder's provenance.json names (the smoke study writes one)."""
+    return json.loads((out / "provenance.json").read_text())["commit"]
 
 
 @pytest.mark.slow

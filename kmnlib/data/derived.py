@@ -6,6 +6,9 @@ a query pixel on a similar-looking *other* object reading the target's memory.
   ground truth at (W−1−x, y) is object and the ground truth at (x, y) is not. The original stays on
   top, so the ground truth (and the given first-frame mask) is the original's. ``Twins/`` holds the
   twin's visible pixels per frame (for leakage).
+* **clean** (``DAVIS-2016-clean``): the twin set's control — the same first frames unchanged, the
+  same ground truth and ``Twins/`` maps (where the twin would be), for the twin-free J&F and the
+  false-positive rate of clean predictions on the mirrored region (the leakage metric's floor).
 * **pairs** (``DAVIS-2016-pairs``): two-object videos — the object of one val sequence (cut with
   its masks) pasted over another val video, frame by frame, at its own position. Ground truth in
   the DAVIS-2017 palette format: 1 = host object, 2 = pasted object; the pasted object is on top
@@ -43,6 +46,7 @@ from kmnlib.data.masks import VOID, read_label_map, write_label_map
 from kmnlib.fingerprint import files_digest, folder_files
 
 TWIN = "DAVIS-2016-twin"
+CLEAN = "DAVIS-2016-clean"   # the twin set's clean control: same frames, no twin
 PAIRS = "DAVIS-2016-pairs"
 JPEG_QUALITY = 95
 MAX_FRAMES = 30
@@ -180,8 +184,21 @@ def _is_built(target: Path, source_sha: str) -> bool:
 def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path:
     """``<cache>/DAVIS-2016-twin/v<version>-<source>`` from DAVIS-2016 val at 480p (built once per
     source content; see the module doc)."""
+    return _build_mirror_set(davis16, cache, TWIN)
+
+
+def build_clean_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path:
+    """``<cache>/DAVIS-2016-clean/v<version>-<source>``: the twin set's clean control — the same
+    first frames of each val video as they are (the original JPEG files), the same ground truth,
+    and the same ``Twins/`` maps (where the twin would be: the leakage metric's floor)."""
+    return _build_mirror_set(davis16, cache, CLEAN)
+
+
+def _build_mirror_set(davis16: str | os.PathLike, cache: str | os.PathLike, set_name: str
+                      ) -> Path:
+    """The twin set (``TWIN``: the mirrored twin pasted) or its clean control (``CLEAN``)."""
     davis16, source_sha = Path(davis16), source_fingerprint(davis16)
-    target = _target(cache, TWIN, source_sha)
+    target = _target(cache, set_name, source_sha)
     if _is_built(target, source_sha):
         return target
     ds = DAVISDataset(davis16, year="2016", split="val", resolution="480p")
@@ -193,7 +210,12 @@ def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
             frames, masks = seq.load_frames(keep), seq.load_masks(keep)
             for path, mpath, frame, gt in zip(seq.frame_paths, seq.mask_paths, frames, masks):
                 out, twin = twin_frame(frame, gt)
-                _save_jpeg(tmp / "JPEGImages" / "480p" / name / f"{Path(path).stem}.jpg", out)
+                jpeg = tmp / "JPEGImages" / "480p" / name / f"{Path(path).stem}.jpg"
+                if set_name == TWIN:
+                    _save_jpeg(jpeg, out)
+                else:
+                    jpeg.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, jpeg)
                 ann = tmp / "Annotations" / "480p" / name / Path(mpath).name
                 ann.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(mpath, ann)
@@ -201,7 +223,7 @@ def build_twin_set(davis16: str | os.PathLike, cache: str | os.PathLike) -> Path
                                 twin.astype(np.uint8))
         (tmp / "ImageSets" / "2016").mkdir(parents=True)
         (tmp / "ImageSets" / "2016" / "val.txt").write_text("\n".join(ds.names) + "\n")
-        return {"version": _VERSION, "source": str(davis16.resolve()), "set": TWIN,
+        return {"version": _VERSION, "source": str(davis16.resolve()), "set": set_name,
                 "sequences": ds.names, "max_frames": MAX_FRAMES}
 
     return _build(target, write, source_sha)

@@ -6,6 +6,9 @@
 * ``07_read_in_use.csv`` — :func:`kmnlib.analysis.leak.read_at_twin`: per frame, the weight twin
   cells put on object-labelled memory in the read the model uses, and where q̂ of those memory
   cells lands, with the frame's leakage (the leak's onset).
+* ``07_oracle_strength.csv`` — :class:`OracleStrengthTable`: leakage with oracles of every strength.
+* ``07_clean_control.csv`` — :class:`CleanControlTable`: J&F without the twin on the same frames,
+  and the false-positive rate of clean predictions where the twin would be.
 
 Each (model, read) is computed once per checkpoint and settings: its per-frame rows are kept in
 ``<out_dir>/<run>_leak/`` with the twin set's run key (:func:`kmnlib.study.runs.run_key`) plus the
@@ -15,18 +18,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from kmnlib.analysis.distractors import leakage_by_sequence, twin_leakage
+from kmnlib.analysis import leak as leak_analysis
 from kmnlib.analysis.leak import decoder_swap, read_at_twin, swap_summary
+from kmnlib.analysis.oracle import ORACLE_STRENGTHS
 from kmnlib.checkpoints import load_model
 from kmnlib.data.derived import twin_masks
 from kmnlib.files import save_csv, save_text
+from kmnlib.fingerprint import file_sha256
 from kmnlib.memory import sigma_label
 from kmnlib.parallel import spawn_map
-from kmnlib.study.runs import DAVIS16_VAL, TWIN_VAL, davis, is_cached, run_key, run_name
+from kmnlib.study.runs import (CLEAN_VAL, DAVIS16_VAL, TWIN_VAL, EvalJob, data_fingerprint,
+                               davis, is_cached, run_key, run_name)
 from kmnlib.study.session import Study
+from kmnlib.study.tables import Results, jf_from_global
 from kmnlib.study.training import TrainedCheckpoint
 
 ANALYSES = {"decoder_swap": decoder_swap, "read_at_twin": read_at_twin}
@@ -41,7 +51,9 @@ def per_frame(study: Study, model: TrainedCheckpoint, sigma: float | None, analy
     """Per-frame rows of ``analysis`` for every twin video of the study, cached (module docstring)."""
     folder = _folder(study, model, sigma)
     csv, marker = folder / f"{analysis}.csv", folder / f"{analysis}.json"
-    key = {**run_key(study, model.checkpoint, sigma, TWIN_VAL), "analysis": analysis}
+    key = {**run_key(study, model.checkpoint, sigma, TWIN_VAL), "analysis": analysis,
+           "clean_data": data_fingerprint(study, DAVIS16_VAL),
+           "analysis_sha256": file_sha256(Path(leak_analysis.__file__))}
     if study.force or not is_cached(marker, key, [csv]):
         twin_ds, clean_ds = davis(study, TWIN_VAL), davis(study, DAVIS16_VAL)
         inf = study.profile.inference
@@ -97,3 +109,72 @@ def read_in_use_table(study: Study, models: Sequence[TrainedCheckpoint],
             table["leakage"] *= 100
             out.append(table.assign(**_labels(study, m, s)))
     return pd.concat(out, ignore_index=True)
+
+
+def _mean_leakage(study: Study, dataset: str, result: dict) -> float:
+    """Percent of the twin's pixels (the ``Twins/`` maps of ``dataset``) that a run's result PNGs
+    label as the object, mean over sequences with a visible twin."""
+    ds = davis(study, dataset)
+    names = study.sequences or ds.names
+    per_seq = leakage_by_sequence(twin_leakage(result["run_dir"] / "masks", ds.root, names))
+    return 100.0 * float(per_seq["leakage"].mean())
+
+
+@dataclass(frozen=True)
+class OracleStrengthTable:
+    """``07_oracle_strength.csv``: twin leakage (%) and J&F on the twin set of ``models`` with each
+    read, plain (``oracle`` = "none") and with every oracle of
+    :data:`kmnlib.analysis.oracle.ORACLE_STRENGTHS`."""
+
+    study: Study
+    models: Sequence[TrainedCheckpoint]
+    reads: Sequence[float | None]
+
+    def _pairs(self) -> list[tuple[TrainedCheckpoint, float | None, str, EvalJob]]:
+        out = []
+        for m in self.models:
+            for s in self.reads:
+                out.append((m, s, "none", EvalJob(m.checkpoint, m.tag, s, TWIN_VAL)))
+                out += [(m, s, name, EvalJob(m.checkpoint, m.tag, s, TWIN_VAL, oracle=True,
+                                             oracle_strength=name)) for name in ORACLE_STRENGTHS]
+        return out
+
+    def jobs(self) -> list[EvalJob]:
+        return [job for *_, job in self._pairs()]
+
+    def build(self, results: Results) -> pd.DataFrame:
+        return pd.DataFrame([{**_labels(self.study, m, s), "oracle": name,
+                              "leakage": _mean_leakage(self.study, TWIN_VAL, results[job]),
+                              **jf_from_global(results[job]["global"]), "run": job.run}
+                             for m, s, name, job in self._pairs()])
+
+
+@dataclass(frozen=True)
+class CleanControlTable:
+    """``07_clean_control.csv``: the twin set's clean counterpart — J&F of ``models`` × reads on the
+    same first frames without the twin (``DAVIS-2016-clean``) beside their J&F on the twin set, and
+    ``mirrored_fp``: percent of the would-be twin's pixels that the clean run labels as the object
+    (the twin-leakage metric's floor)."""
+
+    study: Study
+    models: Sequence[TrainedCheckpoint]
+    reads: Sequence[float | None]
+
+    def _pairs(self) -> list[tuple[TrainedCheckpoint, float | None, EvalJob, EvalJob]]:
+        return [(m, s, EvalJob(m.checkpoint, m.tag, s, CLEAN_VAL),
+                 EvalJob(m.checkpoint, m.tag, s, TWIN_VAL))
+                for m in self.models for s in self.reads]
+
+    def jobs(self) -> list[EvalJob]:
+        return [j for *_, clean, twin in self._pairs() for j in (clean, twin)]
+
+    def build(self, results: Results) -> pd.DataFrame:
+        rows = []
+        for m, s, clean, twin in self._pairs():
+            rows.append({**_labels(self.study, m, s),
+                         "J&F": jf_from_global(results[clean]["global"])["J&F"],
+                         "J&F with twin": jf_from_global(results[twin]["global"])["J&F"],
+                         "mirrored_fp": _mean_leakage(self.study, CLEAN_VAL, results[clean]),
+                         "leakage": _mean_leakage(self.study, TWIN_VAL, results[twin]),
+                         "run": clean.run})
+        return pd.DataFrame(rows)

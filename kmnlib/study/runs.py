@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 import kmnlib
-from kmnlib.analysis.oracle import twin_oracle
+from kmnlib.analysis.oracle import ORACLE_STRENGTHS, twin_oracle
 from kmnlib.checkpoints import checkpoint_stage, load_model
 from kmnlib.config import REPO_ROOT
 from kmnlib.data import DAVISDataset, YouTubeVOSDataset, derived
@@ -37,9 +37,11 @@ from kmnlib.study.session import Study
 
 DAVIS16_VAL = "DAVIS-2016:val"
 TWIN_VAL = f"{derived.TWIN}:val"     # DAVIS-2016 val with a mirrored twin of the object
+CLEAN_VAL = f"{derived.CLEAN}:val"   # the twin set's frames without the twin (its control)
 PAIRS_VAL = f"{derived.PAIRS}:val"   # two-object composites of DAVIS-2016 val videos
 # Derived sets: DAVIS year of their layout and builder (kmnlib.data.derived).
 DERIVED_SETS = {derived.TWIN: ("2016", derived.build_twin_set),
+                derived.CLEAN: ("2016", derived.build_clean_set),
                 derived.PAIRS: ("2017", derived.build_pair_set)}
 
 
@@ -54,12 +56,21 @@ class EvalJob:
     sigma: float | None
     dataset: str = DAVIS16_VAL
     oracle: bool = False
+    oracle_strength: str = "half"      # a key of kmnlib.analysis.oracle.ORACLE_STRENGTHS
 
     @property
     def run(self) -> str:
         """The run folder's name (:func:`run_name`, with the dataset for sets other than DAVIS-16 val)."""
-        name = run_name(self.model_tag, self.sigma) + ("_oracle" if self.oracle else "")
+        name = run_name(self.model_tag, self.sigma) + (oracle_tag(self.oracle_strength)
+                                                       if self.oracle else "")
         return name if self.dataset == DAVIS16_VAL else f"{name}_{dataset_tag(self.dataset)}"
+
+
+def oracle_tag(strength: str) -> str:
+    """Folder suffix of an oracle read: ``_oracle`` (the study's), ``_oracle-any``, ``_oracle-half-dilated-1``."""
+    if strength not in ORACLE_STRENGTHS:
+        raise ValueError(f"oracle strength {strength!r}: expected one of {list(ORACLE_STRENGTHS)}")
+    return "_oracle" if strength == "half" else "_oracle-" + strength.replace(",", "").replace(" ", "-")
 
 
 def run_name(model_tag: str, sigma: float | None) -> str:
@@ -98,7 +109,7 @@ RECORD_ONLY = ("path", "mtime_ns")
 
 
 def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
-            oracle: bool = False) -> dict[str, Any]:
+            oracle: bool = False, oracle_strength: str = "half") -> dict[str, Any]:
     """What a cached run folder's ``run.json`` must hold for the folder to be reused: the
     checkpoint (:func:`_fingerprint`), the data the run reads (:func:`data_fingerprint`), the code
     (kmnlib's version; a hash of its inference and evaluation sources,
@@ -109,7 +120,8 @@ def run_key(study: Study, checkpoint: Path, sigma: float | None, dataset: str,
     data folder) reuses the run; changed content under the same root does not."""
     inf = study.profile.inference
     return {"checkpoint": _fingerprint(Path(checkpoint)), "sigma": sigma, "dataset": dataset,
-            "oracle": oracle, "sequences": _sequences_of(study, dataset),
+            "oracle": oracle, "oracle_strength": oracle_strength if oracle else None,
+            "sequences": _sequences_of(study, dataset),
             "data": data_fingerprint(study, dataset, oracle),
             "code": {"kmnlib": kmnlib.__version__, "inference_sha256": inference_code_sha256(),
                      "torch": torch.__version__},
@@ -247,7 +259,7 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
     ds = davis(study, job.dataset)
     if job.oracle and not job.dataset.startswith(derived.TWIN):
         raise ValueError(f"{job.run}: the oracle read needs the twin set's distractor maps")
-    key = run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle)
+    key = run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle, job.oracle_strength)
     sequences = _sequences_of(study, job.dataset)
     marker = run_dir / "run.json"
     stage = checkpoint_stage(job.checkpoint)
@@ -261,7 +273,9 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
         # Computed in a new folder that replaces the old one only once complete.
         with _new_folder(run_dir) as tmp:
             inf = study.profile.inference
-            hooks = ((lambda seq, start, size: [twin_oracle(ds.root, seq.name, start, size)])
+            strength = ORACLE_STRENGTHS[job.oracle_strength]
+            hooks = ((lambda seq, start, size: [twin_oracle(ds.root, seq.name, start, size,
+                                                            strength)])
                      if job.oracle else None)
             timings = run_dataset(load_model(job.checkpoint, study.device, inference=inf), ds,
                                   tmp / "masks", sigma=job.sigma, mem_every=inf.mem_every,
@@ -339,7 +353,8 @@ def _is_done(study: Study, job: EvalJob) -> bool:
     run_dir = study.out_dir / job.run
     files = [run_dir / n for n in ("global_results.csv", "per-sequence_results.csv", "timing.csv")]
     return is_cached(run_dir / "run.json",
-                     run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle), files)
+                     run_key(study, job.checkpoint, job.sigma, job.dataset, job.oracle,
+                             job.oracle_strength), files)
 
 
 YOUTUBE_VOS = "YouTube-VOS"
