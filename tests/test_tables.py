@@ -1,6 +1,8 @@
 """kmnlib.study.tables / runs: reading evaluation tables, labels and run names."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -32,3 +34,27 @@ def test_run_names_and_sigma_labels() -> None:
     assert run_name("has", 7.0) == "has_sigma7" and run_name("has", None) == "has_stm"
     assert run_name("nohas", 2.5) == "nohas_sigma2.5"
     assert sigma_label(None) == "STM read (σ=∞)" and sigma_label(7.0) == "σ=7"
+
+
+def test_replicates_that_differ_are_named_not_dropped_silently(tmp_path, capsys) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from kmnlib.study.tables import replicate_dirs
+
+    def folder(name: str, profile: dict | None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        if profile is not None:
+            (d / "profile.json").write_text(json.dumps(profile))
+        return d
+
+    mine = folder("mini", {"seed": 0, "main": {"iterations": 700}, "inference": {"read_backend": "native"}})
+    same = folder("mini-seed1", {"seed": 1, "main": {"iterations": 700}, "inference": {"read_backend": "native"}})
+    other = folder("mini-seed2", {"seed": 2, "main": {"iterations": 700}, "inference": {}})
+    folder("mini-seed3", None)
+    assert replicate_dirs(SimpleNamespace(out_dir=mine)) == [mine, same]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"[pool] not pooled: {other} differs beyond the seed in inference.read_backend; "
+                   f"re-run it with this code to pool it",
+                   f"[pool] not pooled: {tmp_path / 'mini-seed3'} has no profile.json"]

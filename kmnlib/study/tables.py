@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,13 +257,34 @@ class Table1:
 # --- replicates and effects ------------------------------------------------------------------
 def replicate_dirs(study: Study) -> list[Path]:
     """This run's folder and its replicates beside it (``<out_dir>-seed<N>``) whose profile equals
-    this one but for the seed (``profile.json``, written by :func:`kmnlib.study.session.open_study`)."""
+    this one but for the seed (``profile.json``, written by :func:`kmnlib.study.session.open_study`).
+
+    A replicate left out is never left out silently: one line on stderr names the folder and the
+    settings it differs in (or its missing profile.json)."""
     mine = _profile_without_seed(study.out_dir / PROFILE_JSON)
     out = [study.out_dir]
     for d in sorted(study.out_dir.parent.glob(f"{study.out_dir.name}-seed*")):
-        if d.is_dir() and (d / PROFILE_JSON).is_file() and _profile_without_seed(d / PROFILE_JSON) == mine:
-            out.append(d)
+        if not d.is_dir():
+            continue
+        if not (d / PROFILE_JSON).is_file():
+            print(f"[pool] not pooled: {d} has no {PROFILE_JSON}", file=sys.stderr, flush=True)
+            continue
+        differ = setting_differences(mine, _profile_without_seed(d / PROFILE_JSON))
+        if differ:
+            print(f"[pool] not pooled: {d} differs beyond the seed in {', '.join(differ[:8])}"
+                  f"{' …' if len(differ) > 8 else ''}; re-run it with this code to pool it",
+                  file=sys.stderr, flush=True)
+            continue
+        out.append(d)
     return out
+
+
+def setting_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the settings in which two recorded profiles (nested dicts) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b), key=str)
+                for p in setting_differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _profile_without_seed(path: Path) -> dict[str, Any]:
