@@ -46,3 +46,17 @@ def test_different_rows_or_a_missing_table_are_one_line(tmp_path, capsys) -> Non
     assert len(err.splitlines()) == 1 and "different rows" in err
     assert compare.main([str(a), str(tmp_path / "none"), "--jf-tol", "1", "--effect-tol", "1"]) == 2
     assert "table missing" in capsys.readouterr().err
+
+
+def test_recomputed_effects_reproduce_the_committed_ones_and_add_seed_level_columns() -> None:
+    from kmnlib.study.summary import recomputed_effects
+
+    for name, fresh in recomputed_effects(COMMITTED).items():
+        committed = pd.read_csv(COMMITTED / "tables" / name)
+        keys = ["comparison", "stage", "read", "metric"]
+        both = committed.merge(fresh, on=keys, suffixes=("", " new"))
+        assert len(both) == len(committed) == len(fresh)
+        for col in ("mean_diff", "ci_low", "ci_high", "mde80"):
+            assert (both[col] - both[f"{col} new"]).abs().max() < 1e-4, (name, col)
+        assert (fresh["seed_ci_low"] <= fresh["mean_diff"]).all()
+        assert (fresh["seed_ci_high"] >= fresh["mean_diff"]).all()

@@ -75,11 +75,35 @@ def arms_by_seed(out_dir: Path) -> pd.DataFrame:
     return wide
 
 
+EFFECT_VIEW = ["comparison", "stage", "read", "metric", "seeds", "n_sequences", "mean_diff",
+               "ci_low", "ci_high", "mde80", "seed_ci_low", "seed_ci_high", "seed_mde80"]
+
+
 def effects(out_dir: Path, table: str) -> pd.DataFrame:
     df = _read(out_dir / "tables" / table)
-    keep = ["comparison", "stage", "read", "metric", "seeds", "n_sequences", "mean_diff", "ci_low",
-            "ci_high", "mde80"]
-    return df[[c for c in keep if c in df.columns]]
+    return df[[c for c in EFFECT_VIEW if c in df.columns]]
+
+
+def recomputed_effects(out_dir: Path) -> dict[str, pd.DataFrame]:
+    """``effects.csv`` and ``07_effects.csv`` recomputed with the current effect function
+    (:mod:`kmnlib.study.effects`, seed-level intervals included) from the per-sequence tables of
+    ``out_dir`` and its replicates — for results written before a column existed. The
+    comparisons are those the notebooks make, with the σ of ``out_dir/profile.json``."""
+    import json
+
+    from kmnlib.config import PAPER_SIGMA
+    from kmnlib.study import distractors as distractor_tables
+    from kmnlib.study import tables
+
+    inference = json.loads((out_dir / "profile.json").read_text())["inference"]
+    sigmas = tuple(dict.fromkeys((inference["sigma"], PAPER_SIGMA)))
+    val = pd.concat([_read_runs(out_dir, "03_per_sequence.csv"),
+                     _read_runs(out_dir, "04_per_sequence.csv")], ignore_index=True)
+    stress = _read_runs(out_dir, "07_per_sequence.csv")
+    comparisons = distractor_tables.distractor_comparisons(
+        sigmas, tuple(inference.get("extension_sigmas") or ()))
+    return {"effects.csv": tables.effects(val, tables.val_comparisons(sigmas))[EFFECT_VIEW],
+            "07_effects.csv": tables.effects(stress, comparisons)[EFFECT_VIEW]}
 
 
 def distractors(out_dir: Path) -> pd.DataFrame:
@@ -98,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kmnlib.study.summary",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("out_dir", type=Path, help="a finished study's folder, e.g. results/mini")
+    ap.add_argument("--recompute-effects", action="store_true",
+                    help="recompute the effect tables from the per-sequence tables with the current "
+                         "effect function (seed-level intervals for results written before them)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
 
@@ -107,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         arms = arms_by_seed(out)  # before any output: a folder without the table prints nothing
         print(f"## Every arm, DAVIS-16 val J&F (`{out.name}/tables/03_davis16_val.csv` per run)\n")
         print(_markdown(arms))
-        print("\n## Effects on DAVIS-16 val (`tables/effects.csv`)\n")
-        print(_markdown(effects(out, "effects.csv"), 2))
+        fresh = recomputed_effects(out) if args.recompute_effects else {}
+        how = ", recomputed from the per-sequence tables" if fresh else ""
+        print(f"\n## Effects on DAVIS-16 val (`tables/effects.csv`{how})\n")
+        print(_markdown(fresh.get("effects.csv", effects(out, "effects.csv")), 2))
         print("\n## Distractor sets (`tables/07_distractors.csv` per run)\n")
         print(_markdown(distractors(out)))
-        print("\n## Distractor effects (`tables/07_effects.csv`)\n")
-        print(_markdown(effects(out, "07_effects.csv"), 2))
+        print(f"\n## Distractor effects (`tables/07_effects.csv`{how})\n")
+        print(_markdown(fresh.get("07_effects.csv", effects(out, "07_effects.csv")), 2))
         for name in ("07_read_at_distractors.csv", "07_logit_gaps.csv"):
             print(f"\n## `tables/{name}`\n")
             print(_markdown(_read(out / "tables" / name), 3))
