@@ -73,7 +73,7 @@ def load_finished_checkpoint(path: str | os.PathLike, *, argument: str = "--init
     """:func:`load_checkpoint`, refusing the checkpoint of a run that has not finished (a
     ``<name>.last.pt`` saved mid-run): a stage starts only from a finished one."""
     state = load_checkpoint(path)
-    if state.get("finished") is not True:
+    if state.get("finished", True) is False:   # a record without the flag was not saved mid-run
         total = (state.get("spec") or {}).get("iterations", "?")
         raise ValueError(f"{argument} {path}: the checkpoint of an unfinished run (step "
                          f"{state.get('step', '?')} of {total}); finish that run (re-running its "

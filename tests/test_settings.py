@@ -57,6 +57,8 @@ OPTIONS: dict[str, tuple[Any, ...]] = {
     "crop_size": (192, 208),              # multiples of FEATURE_STRIDE
     "video_sets": (("DAVIS-2016:train",), ("DAVIS-2017:train",)),
     "eval_sets": ((DAVIS16_VAL,), (DAVIS16_VAL, "DAVIS-2017:val")),
+    "lr_decay": ("constant", "cosine"),
+    "snapshots": ((), (2,)),
 }
 
 
@@ -226,3 +228,21 @@ def test_a_fixed_length_range_can_be_overridden() -> None:
         MINI.with_overrides({"pretrain.augment.scale_range": [0.8, "big"]})
     with pytest.raises(ValueError, match="expected 2 values"):
         MINI.with_overrides({"pretrain.augment.scale_range": [0.8]})
+
+
+def test_the_long_run_profile_validates_like_the_others(tmp_path, capsys) -> None:
+    long = config.get_profile("mini-long")
+    assert long.pretrain.iterations + long.main.iterations >= 4 * (MINI.pretrain.iterations
+                                                                   + MINI.main.iterations)
+    assert long.main.lr_decay == "cosine" and long.main.warmup_iterations > 0
+    assert long.model == MINI.model and long.main.snapshots
+    bad = {"main.lr_decay": "linear", "main.warmup_iterations": 3600,
+           "main.snapshots": [800, 400], "main.lr_final_fraction": 2.0}
+    for key, value in bad.items():
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            long.with_overrides({key: value})
+    out = tmp_path / "long"
+    assert runner.main(["--profile", "mini-long", "--out-dir", str(out), "--params-json",
+                        json.dumps({"main.lr_decay": "linear"})]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "main.lr_decay" in err[0] and not out.exists()

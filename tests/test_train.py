@@ -223,3 +223,45 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tmp_path: Path, data_roo
     assert all(torch.equal(final["model"][k], r0["params"][k]) for k in final["model"])
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["pretrain.csv", "pretrain.pt"]
     assert len(_losses(tmp_path / "ck" / "pretrain.csv")) == 3  # rank 0 alone writes the log
+
+
+def test_snapshots_along_training_survive_a_kill_and_a_schedule_is_followed(
+        tmp_path: Path, data_root: Path) -> None:
+    """Weights kept after iterations 1 and 3 of 5 (warm-up 2, cosine decay): a run killed after
+    step 3 and resumed leaves the same snapshots, log (learning rates included) and final weights
+    as an uninterrupted one; each snapshot loads as a model and differs from the next."""
+    from kmnlib.checkpoints import load_model
+    from kmnlib.training.schedule import learning_rate
+
+    prof = _iters(5).with_overrides({"pretrain.snapshots": [1, 3], "pretrain.warmup_iterations": 2,
+                                     "pretrain.lr_decay": "cosine",
+                                     "pretrain.checkpoint_every": 100})
+    straight = train_stage(prof, "pretrain", tmp_path / "a", data_root=data_root, progress=False)
+    out = tmp_path / "b"
+    with pytest.raises(_Kill):
+        train_stage(prof, "pretrain", out, data_root=data_root, progress=False,
+                    callback=_kill_at(4))
+    assert load_checkpoint(out / "pretrain.last.pt")["step"] == 3   # saved at the snapshot
+    resumed = train_stage(prof, "pretrain", out, data_root=data_root, progress=False)
+    for name in ("pretrain.it1.pt", "pretrain.it3.pt", resumed.name):
+        a, b = _state(tmp_path / "a" / name), _state(out / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert _state(out / "pretrain.it1.pt").keys() == _state(straight).keys()
+    assert not all(torch.equal(_state(out / "pretrain.it1.pt")[k], _state(out / "pretrain.it3.pt")[k])
+                   for k in _state(straight))
+    snap = load_checkpoint(out / "pretrain.it3.pt")
+    assert snap["step"] == 3 and snap["snapshot"] and "optimizer" not in snap
+    load_model(out / "pretrain.it3.pt", inference=None)
+    with open(out / "pretrain.csv", newline="") as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    want = [learning_rate(prof.pretrain, s) for s in range(5)]
+    assert lrs == pytest.approx(want, rel=1e-5) and lrs[0] < lrs[1] > lrs[-1]
+
+
+def test_a_constant_schedule_is_the_configured_rate() -> None:
+    from kmnlib.training.schedule import learning_rate
+
+    cfg = PROFILE.pretrain
+    assert all(learning_rate(cfg, s) == cfg.lr for s in range(cfg.iterations))
+    with pytest.raises(ValueError, match="outside"):
+        learning_rate(cfg, cfg.iterations)

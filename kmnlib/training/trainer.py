@@ -32,6 +32,7 @@ from kmnlib.memory import LogitStats
 from kmnlib.model import build_model
 from kmnlib.training.batches import StepBatches, build_clip_dataset
 from kmnlib.training.log import TrainingLog, log_row
+from kmnlib.training.schedule import learning_rate
 from kmnlib.training.step import StepModule, TrainingDiverged, train_step
 
 Callback = Callable[[int, nn.Module, dict[str, float]], None]
@@ -250,6 +251,27 @@ class Trainer:
                 "profile": self.profile.to_dict(), "spec": self.spec, "stage": self.stage,
                 "name": self.name, "world_size": self.world, "wall_s": wall, "finished": finished}
 
+    def snapshot_path(self, step: int) -> Path:
+        """Where the weights after ``step`` iterations are kept (``cfg.snapshots``)."""
+        return self.out_dir / f"{self.name}.it{step}.pt"
+
+    def _save_points(self, done: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, elapsed: float) -> None:
+        """After step ``done``: the weights as a snapshot if asked (``cfg.snapshots``; weights and
+        records, no optimizer state), then the resumable ``.last.pt`` every ``checkpoint_every``
+        and at every snapshot (so a resumed run never has to redo a snapshot)."""
+        if done >= self.cfg.iterations:
+            return
+        snapshot = done in self.cfg.snapshots
+        if snapshot:
+            state = self._state(model, optimizer, scaler, done, elapsed, finished=False)
+            for private in ("optimizer", "scaler", "rng"):
+                state.pop(private)
+            save_checkpoint(self.snapshot_path(done), {**state, "snapshot": True})
+        if snapshot or done % self.cfg.checkpoint_every == 0:
+            save_checkpoint(self.last_path, self._state(model, optimizer, scaler, done, elapsed,
+                                                        finished=False))
+
     def _step_module(self, model: nn.Module) -> nn.Module:
         """The training step as a module, wrapped for DDP when there are several processes."""
         step_module: nn.Module = StepModule(model)
@@ -296,6 +318,8 @@ class Trainer:
             t_prev = time.perf_counter()
             for batch in loader:
                 step = int(batch["step"])
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, step)
                 read_stats = LogitStats()
                 losses = train_step(step_module, optimizer, scaler, batch, step=step + 1,
                                     device=self.device, amp=self.amp, stats=read_stats)
@@ -307,9 +331,7 @@ class Trainer:
                 if log is not None:
                     log.write(log_row(done, losses, optimizer.param_groups[0]["lr"], batch,
                                       clips_per_s, elapsed, read_stats.std, read_stats.median_gap))
-                    if done % cfg.checkpoint_every == 0 and done < total:
-                        save_checkpoint(self.last_path, self._state(model, optimizer, scaler, done,
-                                                                    elapsed, finished=False))
+                    self._save_points(done, model, optimizer, scaler, elapsed)
                 bar.update(1)
                 if done % max(cfg.log_every, 1) == 0 or done == total:
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", clips_s=f"{clips_per_s:.2f}")
