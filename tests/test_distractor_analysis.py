@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kmnlib.analysis.distractors import (kernel_can_flip, leakage_by_sequence, read_probe,
-                                         twin_leakage)
+from kmnlib.analysis.distractors import (kernel_can_flip, leakage_by_sequence, probe_frames,
+                                         read_probe, twin_leakage)
 from kmnlib.config import TEST
 from kmnlib.data import DAVISDataset
 from kmnlib.data.derived import build_twin_set, twin_masks
@@ -69,3 +69,21 @@ def test_read_probe_tables(twin_root) -> None:
     assert (g["top_gap"] >= 0).all() and (g["distance"] >= 0).all()
     q = out["qhat"]
     assert np.allclose(q[["on_object", "on_twin", "elsewhere"]].sum(axis=1), 1.0)
+
+
+def test_short_videos_get_a_probe_frame_and_empty_probes_keep_their_columns(twin_root) -> None:
+    """Videos of 8-12 frames once crashed notebook 07 (no probe frame: tables without columns)."""
+    assert probe_frames(30) == [10, 20] and probe_frames(12) == [10]
+    assert probe_frames(9) == [4] and probe_frames(8) == [4] and probe_frames(2) == []
+    torch.manual_seed(0)
+    model = build_model(TEST.model).eval()
+    seq = DAVISDataset(twin_root, "2016", "val", "480p")["blackswan"]   # 4 frames here
+    twins = twin_masks(twin_root, "blackswan")
+    out = read_probe(model, seq, twins, frames=probe_frames(len(seq)), sigmas=(None,),
+                     infer_height=96)
+    assert not out["weights"].empty and set(out["weights"]["frame"]) == {2}
+    empty = read_probe(model, seq, twins, frames=[], sigmas=(None,), infer_height=96)
+    summary = (empty["weights"].groupby(["cells", "read"]).agg(w=("weight_on_object", "mean")))
+    assert summary.empty
+    flip = kernel_can_flip(empty["gaps"], [3.5])
+    assert flip["object_wins"].tolist() == [0] and np.isnan(flip["share_kernel_can_flip"][0])

@@ -33,6 +33,9 @@ from kmnlib.metrics import leakage
 from kmnlib.model.ops import cell_coverage, pad_divide_by, resize_frames, resize_labels
 
 CELL_CLASSES = ("object", "twin", "background")
+WEIGHT_COLUMNS = ["sequence", "frame", "cells", "n_cells", "read", "sigma", "weight_on_object"]
+GAP_COLUMNS = ["sequence", "frame", "top_gap", "object_gap", "distance"]
+QHAT_COLUMNS = ["sequence", "frame", "on_object", "on_twin", "elsewhere"]
 
 
 def twin_leakage(masks_dir: str | Path, twin_root: str | Path, sequences: Sequence[str]
@@ -135,8 +138,17 @@ def read_probe(model: nn.Module, seq: VideoSequence, twins: np.ndarray, *, frame
                              "top_gap": float(top2[0, q] - top2[1, q]),
                              "object_gap": float(col[mem_obj].max() - col[~mem_obj].max()),
                              "distance": float(np.hypot(qy - hy, qx - hx))})
-    return {"weights": pd.DataFrame(weights), "gaps": pd.DataFrame(gaps),
-            "qhat": pd.DataFrame(qhat)}
+    return {"weights": pd.DataFrame(weights, columns=WEIGHT_COLUMNS),
+            "gaps": pd.DataFrame(gaps, columns=GAP_COLUMNS),
+            "qhat": pd.DataFrame(qhat, columns=QHAT_COLUMNS)}
+
+
+def probe_frames(n_frames: int, every: int = 10) -> list[int]:
+    """Query frames of :func:`read_probe` in a video of ``n_frames``: every ``every``-th frame from
+    ``every`` on, excluding the last (DAVIS protocol); a video too short for that gets its middle
+    frame (none for fewer than 3 frames)."""
+    frames = list(range(every, n_frames - 1, every))
+    return frames or ([n_frames // 2] if n_frames >= 3 else [])
 
 
 def kernel_can_flip(gaps: pd.DataFrame, sigmas: Sequence[float]) -> pd.DataFrame:
