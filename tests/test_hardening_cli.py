@@ -444,3 +444,18 @@ def test_a_stale_lock_is_taken_over_and_leftovers_cleaned(capsys, earlier_study,
     assert (earlier_study / "nohas_stm" / "x.csv").read_text() == "kept"   # renamed back
     assert keep.read_bytes() == b"resume point"
     assert (earlier_study / "notebooks" / "01_pretrain_static.html").is_file()
+
+
+def test_a_notebook_failure_is_one_line(monkeypatch, capsys, tmp_path) -> None:
+    """A full disk (or any error) inside a notebook: the study says what the notebook raised in one
+    line (its partial execution is kept as <name>.failed.ipynb), not papermill's cell dump."""
+    from papermill.exceptions import PapermillExecutionError
+
+    def failing(*args, **kwargs):
+        raise PapermillExecutionError(cell_index=3, exec_count=3, source="save_csv(...)",
+                                      ename="OSError", evalue="[Errno 28] No space left on device",
+                                      traceback=["Traceback (most recent call last):", "  ..."])
+    monkeypatch.setattr(runner, "run_study", failing)
+    assert runner.main(["--profile", "test", "--out-dir", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["[study] FAILED: OSError: [Errno 28] No space left on device"]

@@ -427,7 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except Exception as exc:  # papermill's PapermillExecutionError and kernel failures
-        print(f"[study] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # One line: the error the notebook raised (papermill's message repeats the cell and its
+        # traceback, which the kept <name>.failed.ipynb shows where it happened).
+        name = getattr(exc, "ename", None) or type(exc).__name__
+        value = getattr(exc, "evalue", None) or str(exc)
+        print(f"[study] FAILED: {name}: {' '.join(str(value).split())[:500]}", file=sys.stderr)
         return 1
     print(f"[study] report: {index}")
     return 0
