@@ -539,7 +539,7 @@ TEST = replace(MINI, name="test").with_overrides({
     "pretrain.iterations": 4, "pretrain.batch_size": 2, "pretrain.crop_size": 96,
     "pretrain.hide_grid": 6, "pretrain.log_every": 1, "pretrain.checkpoint_every": 2,
     "main.iterations": 4, "main.batch_size": 2, "main.lr": 1e-4, "main.crop_size": 96,
-    "main.gap_end": 5, "main.log_every": 1, "main.checkpoint_every": 2, "main.snapshots": (),
+    "main.gap_end": 5, "main.log_every": 1, "main.checkpoint_every": 2, "main.snapshots": (2,),
     "inference.infer_height": 96, "inference.sigma_sweep": (3.5, 7.0, None),
 })
 

@@ -12,7 +12,10 @@ backend and memory bank, frame ``t−1`` included), so they measure the computat
   twin/twin, the decoder makes the leak from what it sees; if twin readout + clean query features
   leaks, the read makes it.
 * :class:`ReadAtTwin` — per step, the weight that query cells on the twin put on object-labelled
-  memory cells in the read the run uses, and where ``q̂`` of those memory cells lands.
+  memory cells in the read the run uses, and where ``q̂`` of those memory cells lands; and the
+  read's scale: the logits' standard deviation, the median best − second-best gap per query cell,
+  and at twin cells the median of the object memory's margin over the kernel's penalty
+  (:func:`margin_over_penalty`), which says whether the kernel has the leverage to act there.
 
 Leakage here is measured at the inference size: the share of the twin's visible pixels labelled
 as the object (:func:`kmnlib.metrics.leakage`'s definition), NaN where no twin is visible.
@@ -101,7 +104,8 @@ class DecoderSwap(Hooks):
 class ReadAtTwin(Hooks):
     """Per step of a twin video's run: the mean weight query cells on the twin (more than half
     covered, not on the object) put on object-labelled memory cells (memorised mask > 0.5) in the
-    run's own read (``sigma`` as the run), and where ``q̂`` of those memory cells lands.
+    run's own read (``sigma`` as the run), and where ``q̂`` of those memory cells lands; the read's
+    :func:`read_scale` and, with the kernel, the median :func:`margin_over_penalty` of twin cells.
     ``object_masks``/``twin_masks`` (T,H,W) bool at the inference size; object 1's memory."""
 
     def __init__(self, sigma: float | None, object_masks: torch.Tensor,
@@ -120,17 +124,54 @@ class ReadAtTwin(Hooks):
         row: dict[str, object] = {"frame": step.t, "cells": int(twin_q.sum()),
                                   "object_memory_cells": int(mem_obj.sum()),
                                   "weight_on_object": np.nan, "qhat_on_object": np.nan,
-                                  "qhat_on_twin": np.nan, "qhat_elsewhere": np.nan}
+                                  "qhat_on_twin": np.nan, "qhat_elsewhere": np.nan,
+                                  "margin_over_penalty": np.nan}
         if twin_q.any() and mem_obj.any():
             mk, qk = step.mem_key[0], step.query_key[0]
             weights = torch.softmax(read_logits(mk, qk, self.sigma).cpu(), dim=0)       # (P,Q)
             row["weight_on_object"] = float(weights[mem_obj][:, twin_q].sum(dim=0).mean())
-            land = read_logits(mk, qk).cpu().argmax(dim=1)[mem_obj]                    # q̂(p)
+            c = read_logits(mk, qk).cpu()                                              # (P,Q)
+            land = c.argmax(dim=1)[mem_obj]                                            # q̂(p)
             row.update(qhat_on_object=float(obj_q[land].float().mean()),
                        qhat_on_twin=float(twin_q[land].float().mean()),
                        qhat_elsewhere=float((~obj_q[land] & ~twin_q[land]).float().mean()))
+            if self.sigma is not None and (~mem_obj).any():
+                ratio = margin_over_penalty(c, mem_obj, twin_q, step.query_key.shape[-1],
+                                            self.sigma)
+                row["margin_over_penalty"] = float(ratio.median()) if ratio.numel() else np.nan
+        row.update(read_scale(step.mem_key[0], step.query_key[0]))
         self.rows.append(row)
         return readout
+
+
+def read_scale(mem_key: torch.Tensor, query_key: torch.Tensor) -> dict[str, float]:
+    """The scale of one read's logits ``c/√d`` before any kernel: ``logit_std`` over all (p, q)
+    and ``top_gap``, the median over query cells of the best − second-best memory logit
+    (:class:`kmnlib.memory.LogitStats`'s measures, for one read)."""
+    c = read_logits(mem_key, query_key).double()
+    top = c.topk(2, dim=0).values if c.shape[0] > 1 else None
+    return {"logit_std": float(c.std(unbiased=False)),
+            "top_gap": float((top[0] - top[1]).median()) if top is not None else np.nan}
+
+
+def margin_over_penalty(c: torch.Tensor, memory_object: torch.Tensor, query_cells: torch.Tensor,
+                        query_width: int, sigma: float) -> torch.Tensor:
+    """For each query cell of ``query_cells`` (Q,) bool whose best object memory cell ``p*`` beats
+    every other memory cell (``memory_object`` (P,) bool; ``c`` (P,Q) logits without kernel): that
+    margin divided by the kernel's log-penalty ``d²/2σ²`` for ``p*`` at the cell, ``d`` the
+    distance (query cells) to ``q̂(p*) = argmax_q c(p*, q)``. Below 1 the kernel can take the
+    cell's best match off the object; ``inf`` where ``q̂(p*)`` is the cell itself (no penalty)."""
+    cols = c[:, query_cells]
+    obj_idx = torch.nonzero(memory_object).flatten()
+    best_obj, where = cols[memory_object].max(dim=0)
+    margin = best_obj - cols[~memory_object].max(dim=0).values
+    qhat = c[obj_idx[where]].argmax(dim=1)                       # q̂ of each cell's p*
+    q = torch.nonzero(query_cells).flatten()
+    d2 = ((q // query_width - qhat // query_width) ** 2
+          + (q % query_width - qhat % query_width) ** 2).double()
+    penalty = d2 / (2.0 * sigma * sigma)
+    wins = margin > 0
+    return margin[wins].double() / penalty[wins]
 
 
 def swap_summary(per_frame: pd.DataFrame) -> pd.DataFrame:

@@ -97,15 +97,18 @@ def decoder_swap_table(study: Study, models: Sequence[TrainedCheckpoint],
 def read_in_use_table(study: Study, models: Sequence[TrainedCheckpoint],
                       reads: Sequence[float | None]) -> pd.DataFrame:
     """``07_read_in_use.csv``: per model × read × frame, the means over twin videos of the weight
-    twin cells put on object memory, the q̂ landing shares and the leakage (percent), with the
-    number of twin ``cells`` summed."""
+    twin cells put on object memory, the q̂ landing shares, the leakage (percent) and the read's
+    scale (mean logit std and top gap; median margin over penalty), with the number of twin
+    ``cells`` summed."""
     out = []
     values = ["weight_on_object", "qhat_on_object", "qhat_on_twin", "qhat_elsewhere", "leakage"]
     for m in models:
         for s in reads:
             rows = per_frame(study, m, s, "read_at_twin")
             frame = rows.groupby("frame")
-            table = frame[values].mean().join(frame["cells"].sum()).reset_index()
+            table = (frame[values + ["logit_std", "top_gap"]].mean()
+                     .join(frame["margin_over_penalty"].median())
+                     .join(frame["cells"].sum()).reset_index())
             table["leakage"] *= 100
             out.append(table.assign(**_labels(study, m, s)))
     return pd.concat(out, ignore_index=True)
