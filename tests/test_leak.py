@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +136,37 @@ def test_oracle_strengths_nest(video):
     half, anyc, dilated = cells["half"], cells["any"], cells["half, dilated 1"]
     assert bool((half <= anyc).all()) and bool((half <= dilated).all())
     assert int(anyc.sum()) > int(half.sum()) and int(dilated.sum()) > int(half.sum())
+
+
+def _swap_rows(seeds, readout_adds, query_adds, noise=1.0):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([dict(model="m", read="STM", seed=s, swap_over="twin region", scope="video",
+                              readout_from=ro, query_from=qf,
+                              leakage=10 + query_adds * (qf == "twin") + readout_adds * (ro == "twin")
+                              + rng.normal(0, noise))
+                         for s in seeds for ro in ("twin", "clean") for qf in ("twin", "clean")])
+
+
+def test_mechanism_effects_pool_seeds_as_the_unit():
+    from kmnlib.study.leak import mechanism_effects
+    oracle = pd.DataFrame([dict(model="m", read="STM", seed=s, oracle=o, leakage=v + s)
+                           for s in range(4) for o, v in (("none", 50), ("half", 30), ("any", 20),
+                                                          ("half, dilated 1", 25))])
+    clean = pd.DataFrame([{"model": "m", "read": "STM", "seed": s, "J&F": 60 + s,
+                           "J&F with twin": 50 + s, "mirrored_fp": 5.0, "leakage": 45.0}
+                          for s in range(4)])
+    eff = mechanism_effects(_swap_rows(range(4), 5.0, 40.0), oracle, clean).set_index("contrast")
+    query = eff.loc["twin query features add (twin readout): tt − tc"]
+    readout = eff.loc["twin readout adds (twin query): tt − ct"]
+    assert query["seed_ci_low"] < 40 < query["seed_ci_high"] and query["seed_ci_low"] > 30
+    assert readout["seed_ci_low"] < 5 < readout["seed_ci_high"] and query["seeds"] == "0 1 2 3"
+    assert eff.loc["oracle any − none", "mean_diff"] == pytest.approx(-30)
+    assert eff.loc["J&F with twin − J&F clean", "mean_diff"] == pytest.approx(-10)
+    assert eff.loc["leakage − mirrored_fp (floor)", "mean_diff"] == pytest.approx(40)
+    # No readout effect in the data: its interval holds 0. One seed: no seed-level interval.
+    none = mechanism_effects(_swap_rows(range(4), 0.0, 40.0), oracle, clean).set_index("contrast")
+    row = none.loc["twin readout adds (twin query): tt − ct"]
+    assert row["seed_ci_low"] < 0 < row["seed_ci_high"]
+    one = mechanism_effects(_swap_rows([0], 5.0, 40.0), oracle[oracle.seed == 0],
+                            clean[clean.seed == 0])
+    assert one["seed_ci_low"].isna().all() and one["mean_diff"].notna().all()

@@ -35,6 +35,7 @@ from kmnlib.memory import sigma_label
 from kmnlib.parallel import spawn_map
 from kmnlib.study.runs import (CLEAN_VAL, DAVIS16_VAL, TWIN_VAL, EvalJob, data_fingerprint,
                                davis, is_cached, run_key, run_name)
+from kmnlib.study.effects import seed_level
 from kmnlib.study.session import Study
 from kmnlib.study.tables import Results, jf_from_global
 from kmnlib.study.training import TrainedCheckpoint
@@ -181,3 +182,58 @@ class CleanControlTable:
                          "leakage": _mean_leakage(self.study, TWIN_VAL, results[twin]),
                          "run": clean.run})
         return pd.DataFrame(rows)
+
+
+# --- effects pooled over the seeds: seeds are the unit ------------------------------------------
+MECHANISM_COLUMNS = ["table", "model", "read", "contrast", "seeds", "mean_diff", "seed_ci_low",
+                     "seed_ci_high", "seed_mde80"]
+
+
+def _seed_effect(per_seed: pd.Series) -> dict[str, object]:
+    """Mean over seeds of per-seed differences with the seed-level t interval
+    (:func:`kmnlib.study.effects.seed_level`; NaN with one seed)."""
+    low, high, mde = seed_level(per_seed.to_frame())
+    return {"seeds": " ".join(str(s) for s in per_seed.index), "mean_diff": float(per_seed.mean()),
+            "seed_ci_low": low, "seed_ci_high": high, "seed_mde80": mde}
+
+
+def _contrasts(table: pd.DataFrame, name: str, key: str, value: str,
+               pairs: Sequence[tuple[str, object, object]]) -> list[dict[str, object]]:
+    """Per (model, read) and contrast ``label: a − b`` (values of column ``key``): the per-seed
+    differences of ``value`` pooled over seeds."""
+    rows = []
+    for (model, read), g in table.groupby(["model", "read"], sort=False):
+        by = g.pivot_table(index="seed", columns=key, values=value)
+        for label, a, b in pairs:
+            if a in by and (b is None or b in by):
+                diff = (by[a] - (by[b] if b is not None else 0.0)).dropna()
+                if len(diff):
+                    rows.append({"table": name, "model": model, "read": read, "contrast": label,
+                                 **_seed_effect(diff)})
+    return rows
+
+
+def mechanism_effects(swap: pd.DataFrame, oracle: pd.DataFrame, clean: pd.DataFrame
+                      ) -> pd.DataFrame:
+    """``07_mechanism_effects.csv`` from the leak tables of every seed (stacked, each row with its
+    seed): what the twin's readout and the twin's query features each add to the leak (decoder
+    swap over the twin region, over the video), the leak's floor, what each oracle removes, and
+    the clean control (twin − clean J&F; leakage above the mirrored region's false positives)."""
+    s = swap[(swap["swap_over"] == "twin region") & (swap["scope"] == "video")].copy()
+    s["combo"] = s["readout_from"] + " readout + " + s["query_from"] + " query"
+    tt, ct = "twin readout + twin query", "clean readout + twin query"
+    tc, cc = "twin readout + clean query", "clean readout + clean query"
+    rows = _contrasts(s, "07_decoder_swap", "combo", "leakage", [
+        ("twin readout adds (twin query): tt − ct", tt, ct),
+        ("twin query features add (twin readout): tt − tc", tt, tc),
+        ("leak with the clean readout: ct − cc", ct, cc),
+        ("floor: cc", cc, None)])
+    rows += _contrasts(oracle, "07_oracle_strength", "oracle", "leakage",
+                       [(f"oracle {o} − none", o, "none") for o in ORACLE_STRENGTHS])
+    diffs = clean.assign(**{"J&F with twin − J&F clean": clean["J&F with twin"] - clean["J&F"],
+                            "leakage − mirrored_fp (floor)": clean["leakage"] - clean["mirrored_fp"]})
+    for label in ("J&F with twin − J&F clean", "leakage − mirrored_fp (floor)"):
+        for (model, read), g in diffs.groupby(["model", "read"], sort=False):
+            rows.append({"table": "07_clean_control", "model": model, "read": read,
+                         "contrast": label, **_seed_effect(g.set_index("seed")[label])})
+    return pd.DataFrame(rows, columns=MECHANISM_COLUMNS)
