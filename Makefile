@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: study test setup data baseline clean-results
+.PHONY: study test setup data baseline clean-results replicates
 
 # Create the virtual environment once, reinstall when the dependency list changes.
 $(STAMP): pyproject.toml
@@ -25,6 +25,16 @@ baseline: data
 
 # The main job: the whole CPU study (profile $(PROFILE)) executed notebook by notebook.
 study: data baseline
+	$(PY) -m kmnlib.study --profile $(PROFILE) $(STUDY_ARGS)
+
+# The seed replicates the study pools (results/<profile>-seed<N>), two at a time with one torch
+# thread each (a 2-core machine: ~50 min of CPU per seed), then seed 0 (results/<profile>), which
+# pools them; a replicate made by other code or settings stops seed 0's effects with one line.
+SEEDS ?= 1 2 3 4
+replicates: data baseline
+	printf '%s\n' $(SEEDS) | xargs -P 2 -I{} $(PY) -m kmnlib.study --profile $(PROFILE) --seed {} \
+	    --out-dir results/$(PROFILE)-seed{} --threads 1 \
+	    --params-json '{"train_workers": 1, "eval_workers": 1}'
 	$(PY) -m kmnlib.study --profile $(PROFILE) $(STUDY_ARGS)
 
 test: data

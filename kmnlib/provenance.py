@@ -80,3 +80,14 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{folder}: no {PROVENANCE_JSON} (made before provenance was "
                                 f"recorded, or not by kmnlib); re-run the study into it")
     return json.loads(path.read_text())
+
+
+#: The code whose change makes a result another code's result (pooling refuses to mix them).
+RESULT_CODE = ("kmnlib", "notebooks")
+
+
+def code_changed_since(commit: str) -> list[str] | None:
+    """Files under :data:`RESULT_CODE` in which this checkout (working tree) differs from
+    ``commit``; None when git cannot tell (no checkout, unknown commit)."""
+    changed = _git("diff", "--name-only", commit, "--", *RESULT_CODE)
+    return None if changed is None else [line for line in changed.splitlines() if line]

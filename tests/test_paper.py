@@ -90,3 +90,51 @@ def test_side_by_side_labels_every_row() -> None:
         paper.side_by_side(paper.paper_table1(), ours.drop(columns="protocol"))
     with pytest.raises(ValueError, match="protocol"):
         paper.side_by_side(paper.paper_table1(), ours.assign(protocol=""))
+
+
+def _effect(comparison: str, read: str, seeds: str, **numbers: float) -> dict:
+    base = {"comparison": comparison, "stage": "static + video", "read": read, "seeds": seeds,
+            "mean_diff": 0.1, "ci_low": -0.2, "ci_high": 0.4, "mde80": 0.5,
+            "seed_ci_low": -1.0, "seed_ci_high": 1.2, "seed_mde80": 2.0}
+    return {**base, **numbers}
+
+
+def test_claims_table_reads_the_seed_level_interval_and_says_when_it_cannot() -> None:
+    from kmnlib.config import get_profile
+
+    mini = get_profile("mini")
+    effects = pd.DataFrame([
+        _effect("KM − STM read, HaS model", "KM σ=3.5 vs STM", "0 1 2"),
+        _effect("KM − STM read, no HaS model", "KM σ=3.5 vs STM", "0", seed_ci_low=float("nan"),
+                seed_ci_high=float("nan")),
+        _effect("HaS − no HaS", "STM read", "0 1 2", mean_diff=-1.0),
+        _effect("HaS − no HaS", "KM σ=7", "0 1 2")])       # not the profile's σ: no match
+    claims = paper.claims_table(effects, mini).set_index("claim")
+    assert list(claims.index) == list(paper.table3_effects()["comparison"])
+    assert claims["paper Δ"].tolist() == [0.5, 5.9, 5.8, 0.4]
+    has_km = claims.loc["KM − STM read, HaS model"]
+    assert (has_km["ours Δ low"], has_km["ours Δ high"], has_km["smallest detectable Δ"]) == \
+        (-1.0, 1.2, 2.0) and has_km["interval"].startswith("seed-level")
+    one_seed = claims.loc["KM − STM read, no HaS model"]
+    assert (one_seed["ours Δ low"], one_seed["ours Δ high"]) == (-0.2, 0.4)
+    assert "one seed" in one_seed["interval"]
+    assert claims.loc["HaS − no HaS, STM read", "ours Δ"] == -1.0
+    assert pd.isna(claims.loc["HaS − no HaS, KM read", "ours Δ"])
+    assert "efficientnet_lite0" in has_km["protocol difference"]
+    assert "resnet50" in has_km["protocol difference"] and "240p" in has_km["protocol difference"]
+
+
+def test_headline_sigma_is_said_in_the_papers_terms() -> None:
+    from kmnlib.config import get_profile
+
+    assert paper.headline_sigma_label(get_profile("mini")) == \
+        "σ = 3.5 (paper's 7 at our 1/2 inference resolution)"
+    assert "the paper's" in paper.headline_sigma_label(get_profile("paper"))
+
+
+def test_runtime_is_labelled_by_its_hardware() -> None:
+    ours = pd.DataFrame([{"method": "ours", "J&F": 50.0, "s/frame": 0.1, "protocol": "x"}])
+    t1 = paper.runtime_labelled(paper.side_by_side(paper.paper_table1(), ours), "CPU (test)")
+    labels = t1.set_index("source")["s/frame measured on"]
+    assert set(labels[paper.PAPER]) == {paper.RUNTIME_GPU} and labels["ours"] == "CPU (test)"
+    assert list(t1.columns).index("s/frame measured on") == list(t1.columns).index("s/frame") + 1

@@ -166,6 +166,7 @@ def test_a_profile_recorded_under_old_names_still_pools(tmp_path) -> None:
     for folder, seed, old in ((out, 0, False), (tmp_path / "mini-seed1", 1, True)):
         folder.mkdir()
         (folder / PROFILE_JSON).write_text(json.dumps(record(seed, old), indent=1))
+        (folder / "provenance.json").write_text(json.dumps({"commit": None, "dirty": []}))
     assert "has_grid" in (tmp_path / "mini-seed1" / PROFILE_JSON).read_text()
     study = Study(MINI, StudySettings(data_root=tmp_path, out_dir=out, derived_dir=tmp_path))
     assert tables.replicate_dirs(study) == [out, tmp_path / "mini-seed1"]

@@ -333,6 +333,24 @@ def test_summary_prints_the_studys_tables(smoke_run: Path, capsys) -> None:
     assert summary.main([str(smoke_run / "nothing")]) == 2
 
 
+@pytest.mark.slow
+def test_reports_of_the_smoke_study_pass_the_report_check(smoke_run: Path, capsys) -> None:
+    import html
+
+    from kmnlib.study import check_reports, findings
+
+    assert check_reports.main([str(smoke_run)]) == 0, capsys.readouterr().out
+    index = (smoke_run / "index.html").read_text()
+    opening = findings.main_findings(smoke_run)
+    assert opening and all(html.escape(f.text) in index for f in opening)
+    assert index.index('id="findings"') < index.index('id="arms"') < index.index('id="provenance"')
+    for name in runner.NOTEBOOKS:   # progress went to each notebook's log, kept after success
+        log = (smoke_run / "notebooks" / f"{name}.log").read_text()
+        assert log.startswith(f"# {name}: progress lines"), name
+        assert f'href="notebooks/{name}.log"' in index, name
+    assert "[eval " in (smoke_run / "notebooks" / "03_evaluate.log").read_text()
+
+
 def test_run_keys_name_checkpoints_relative_to_the_repository(tmp_path) -> None:
     from kmnlib.config import REPO_ROOT
 
@@ -345,3 +363,26 @@ def test_run_keys_name_checkpoints_relative_to_the_repository(tmp_path) -> None:
     for marker in (REPO_ROOT / "results").glob("*/*/run.json"):
         path = json.loads(marker.read_text())["checkpoint"]["path"]
         assert not Path(path).is_absolute() and path.startswith("results/"), (marker, path)
+
+
+@pytest.mark.slow
+def test_scale_notebook_table_and_a_missing_snapshot(smoke_run: Path, tmp_path, data_root) -> None:
+    import shutil
+
+    from kmnlib.study import scale
+    table = pd.read_csv(smoke_run / "tables" / "08_scale.csv")
+    # test profile: per arm the pre-training end, the snapshot after 2 main iterations, the end.
+    assert sorted(table["iterations"].unique()) == [4, 6, 8] and len(table) == 6
+    assert set(table["arm"]) == {"HaS", "no HaS"} and (table["run"] == "study").all()
+    assert table["J&F"].between(0, 100).all() and table["leakage"].between(0, 100).all()
+    assert (table["ci_low"] <= table["km_minus_stm"]).all()
+    assert (table["km_minus_stm"] <= table["ci_high"]).all()
+    assert (table["logit_std"] > 0).all()
+    # A study whose checkpoints lack a snapshot is refused before any evaluation, naming it.
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run / "checkpoints", copy / "checkpoints")
+    (copy / "checkpoints" / "main_from_pretrain.it2.pt").unlink()
+    study = session.resolve_study("test", {"data_root": str(data_root), "out_dir": str(copy),
+                                           "threads": 1})
+    with pytest.raises(FileNotFoundError, match=r"main_from_pretrain\.it2\.pt.*--force"):
+        scale.study_points(study)

@@ -17,7 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kmnlib.analysis.loss_maps import label_boundary  # noqa: E402
@@ -94,63 +95,90 @@ def plot_loss_curves(logs: Mapping[str, str | os.PathLike], out_png: str | os.Pa
     return save_figure(fig, out_png)
 
 
-def plot_per_sequence(per_seq: Mapping[str, pd.DataFrame], out_png: str | os.PathLike, *,
-                      metric: str = "J&F", seq_col: str = "sequence",
-                      title: str = "per-sequence J&F") -> Path:
-    """Grouped bars, one group per sequence, one bar per run (label → per-sequence table)."""
-    rows = []
-    for label, df in per_seq.items():
-        if seq_col not in df.columns or metric not in df.columns:
-            raise ValueError(f"per-sequence table {label!r} needs columns {seq_col!r} and "
-                             f"{metric!r} (has {list(df.columns)})")
-        rows.append(pd.DataFrame({"sequence": df[seq_col].astype(str), "run": label,
-                                  "value": df[metric].astype(float)}))
-    long = pd.concat(rows, ignore_index=True)
-    order = (long.groupby("sequence")["value"].mean().sort_values(ascending=False).index.tolist())
-    runs = list(per_seq)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(order) * max(1, len(runs)) + 2), 3.8))
-    width = 0.8 / len(runs)
-    xs = np.arange(len(order))
-    for k, run in enumerate(runs):
-        vals = long[long["run"] == run].set_index("sequence")["value"].reindex(order)
-        ax.bar(xs + (k - (len(runs) - 1) / 2) * width, vals.to_numpy(), width, label=run)
-    ax.set_xticks(xs, order, rotation=60, ha="right", fontsize=8)
-    ax.set(ylabel=metric, title=title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+#: Page width of a figure in inches (at :func:`kmnlib.files.save_figure`'s 110 dpi, ~1000 px).
+PAGE_WIDTH = 9.0
+
+
+def _sequence_order(diffs: pd.DataFrame) -> list[str]:
+    """Sequences ordered by their mean difference, smallest at the bottom of a horizontal plot."""
+    return diffs.groupby("sequence")["diff"].mean().sort_values().index.tolist()
+
+
+def plot_paired_differences(panels: Mapping[str, pd.DataFrame], out_png: str | os.PathLike, *,
+                            xlabel: str, title: str = "") -> Path:
+    """Sorted horizontal dot plots of per-sequence paired differences, one panel per comparison.
+
+    Each panel's table has columns ``sequence``, ``seed``, ``diff`` (a − b for the same sequence and
+    seed): one small dot per seed, the mean over seeds as a black diamond, a line at zero."""
+    if not panels:
+        raise ValueError("plot_paired_differences needs at least one comparison")
+    n_seq = max(p["sequence"].nunique() for p in panels.values())
+    height = min(PAGE_WIDTH * 1.25, max(3.2, 0.24 * n_seq + 1.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(PAGE_WIDTH, height), squeeze=False)
+    for ax, (name, diffs) in zip(axes[0], panels.items()):
+        if not {"sequence", "seed", "diff"} <= set(diffs.columns):
+            raise ValueError(f"panel {name!r} needs columns sequence, seed, diff "
+                             f"(has {list(diffs.columns)})")
+        order = _sequence_order(diffs)
+        ypos = {q: i for i, q in enumerate(order)}
+        ys = diffs["sequence"].map(ypos).to_numpy(dtype=float)
+        seeds = diffs["seed"].nunique()
+        ax.scatter(diffs["diff"], ys, s=14, color="C0", alpha=0.6,
+                   label=f"one seed ({seeds} seeds)" if seeds > 1 else "seed " +
+                   str(diffs["seed"].iloc[0]))
+        if seeds > 1:
+            means = diffs.groupby("sequence")["diff"].mean().reindex(order)
+            ax.scatter(means, range(len(order)), marker="D", s=22, color="k",
+                       label="mean over seeds", zorder=3)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(order)), order, fontsize=7)
+        ax.set_ylim(-0.7, len(order) - 0.3)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return save_figure(fig, out_png)
 
 
-def plot_sigma_curve(df: pd.DataFrame, out_png: str | os.PathLike, *, metric: str = "J&F",
-                     group: str | None = None, paper_sigma: float = 7.0,
-                     title: str = "kernel width σ vs accuracy") -> Path:
-    """Accuracy against σ; ``sigma`` None/NaN/inf (STM's read) is drawn at the right as ∞.
+def plot_sigma_effects(effects: pd.DataFrame, out_png: str | os.PathLike, *, headline: float,
+                       headline_label: str, min_half_range: float = 2.0,
+                       title: str = "kernel read − STM read, by kernel width σ") -> Path:
+    """The kernel's paired effect against STM's read at each σ, with its interval and the zero
+    line (STM's read), one line per model.
 
-    ``df`` has columns ``sigma`` and ``metric`` (and ``group`` for one line per model).
-    """
-    if "sigma" not in df.columns or metric not in df.columns:
-        raise ValueError(f"σ table needs columns 'sigma' and {metric!r} (has {list(df.columns)})")
-    sig = pd.to_numeric(df["sigma"], errors="coerce").fillna(np.inf)
-    finite = sorted(set(sig[np.isfinite(sig)].tolist()))
-    positions = {s: i for i, s in enumerate(finite)}
-    positions[np.inf] = len(finite)
-    labels = [f"{s:g}" for s in finite] + ["∞ (STM)"]
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    groups = [(None, df)] if group is None else list(df.groupby(group, sort=False))
-    for name, g in groups:
-        s = pd.to_numeric(g["sigma"], errors="coerce").fillna(np.inf)
-        order = np.argsort([positions[v] for v in s])
-        xs = np.array([positions[v] for v in s])[order]
-        ys = g[metric].to_numpy(dtype=float)[order]
-        ax.plot(xs, ys, marker="o", label=None if name is None else str(name))
-    if paper_sigma in positions:
-        ax.axvline(positions[paper_sigma], color="grey", ls="--", lw=1,
-                   label=f"paper's σ={paper_sigma:g}")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set(xlabel="σ (feature cells)", ylabel=metric, title=title)
+    ``effects`` has columns ``model``, ``sigma``, ``mean_diff``, ``low``, ``high`` and
+    ``interval`` (what the error bars are). The y-range spans at least ±``min_half_range``
+    points, so a difference of a few tenths is not drawn as a large one."""
+    need = {"model", "sigma", "mean_diff", "low", "high", "interval"}
+    if missing := need - set(effects.columns):
+        raise ValueError(f"σ effects table lacks columns {sorted(missing)}")
+    sigmas = sorted(set(effects["sigma"].astype(float)))
+    pos = {s: i for i, s in enumerate(sigmas)}
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    groups = list(effects.groupby("model", sort=False))
+    for k, (model, g) in enumerate(groups):
+        g = g.sort_values("sigma")
+        xs = np.array([pos[float(v)] for v in g["sigma"]]) + (k - (len(groups) - 1) / 2) * 0.08
+        mean = g["mean_diff"].to_numpy(dtype=float)
+        err = np.vstack([mean - g["low"].to_numpy(dtype=float),
+                         g["high"].to_numpy(dtype=float) - mean])
+        ax.errorbar(xs, mean, yerr=err, marker="o", capsize=4, color=f"C{k}", label=str(model))
+    ax.axhline(0, color="k", lw=1, label="STM read (σ = ∞)")
+    if float(headline) in pos:
+        ax.axvline(pos[float(headline)], color="grey", ls="--", lw=1, label=headline_label)
+    values = effects[["low", "high", "mean_diff"]].to_numpy(dtype=float)
+    half = max(min_half_range, float(np.nanmax(np.abs(values))) * 1.15)
+    ax.set_ylim(-half, half)
+    ax.set_xlim(-0.5, len(sigmas) - 0.5)
+    ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
+    kinds = "; ".join(sorted(set(effects["interval"].astype(str))))
+    ax.set(xlabel="σ (feature cells)", ylabel="Δ J&F vs STM read (points)", title=title)
+    ax.text(0.01, 0.02, f"bars: 95 % interval ({kinds})", transform=ax.transAxes, fontsize=7)
     ax.grid(alpha=0.3)
-    if group is not None or paper_sigma in positions:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
     return save_figure(fig, out_png)
 
 
@@ -196,22 +224,41 @@ def plot_synthetic_clip(frames: Any, masks: Any, hidden: Any, out_png: str | os.
     return _finish(fig, axes, out_png, title)
 
 
+LOSS_LABEL = "per-pixel cross-entropy (nats)"
+
+
+def _array(x: Any, dtype: Any = None) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=dtype)
+
+
+def loss_limit(*losses: Any, percentile: float = 99.5) -> float:
+    """One upper colour limit for several loss maps (e.g. the plain and hidden clip of one image),
+    so equal colours mean equal loss across them: a high percentile of all their pixels."""
+    values = np.concatenate([_array(x, np.float32).ravel() for x in losses])
+    return float(np.percentile(values, percentile)) or 1.0
+
+
 def plot_loss_maps(frames: Any, masks: Any, hidden: Any, loss: Any,
-                   out_png: str | os.PathLike, *, title: str = "") -> Path:
+                   out_png: str | os.PathLike, *, title: str = "", vmax: float | None = None
+                   ) -> Path:
     """Fig. 7 style: per-pixel loss of the query frames with ground-truth boundaries (cyan) and
-    hidden-cell outlines (yellow), to see whether the loss follows the artificial cell edges."""
+    hidden-cell outlines (yellow), to see whether the loss follows the artificial cell edges.
+
+    ``vmax``: the colour limit (:func:`loss_limit` over every figure that is to be compared);
+    by default this figure's own."""
     frames = [to_uint8_image(f) for f in frames]
     n = len(frames)
-    masks = [np.asarray(m.detach().cpu() if hasattr(m, "detach") else m) for m in masks]
-    losses = [np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
-              for x in loss]
-    hidden = [np.asarray(h.detach().cpu() if hasattr(h, "detach") else h) for h in hidden]
+    masks = [_array(m) for m in masks]
+    losses = [_array(x, np.float32) for x in loss]
+    hidden = [_array(h) for h in hidden]
     if not (len(masks) == len(hidden) == n) or len(losses) > n:
         raise ValueError(f"loss maps: {n} frames, {len(masks)} masks, {len(hidden)} hidden grids, "
                          f"{len(losses)} loss maps")
     offset = n - len(losses)  # loss maps exist for the query frames (the last ones) only
-    vmax = max(float(np.percentile(x, 99.5)) for x in losses) or 1.0
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.2), squeeze=False)
+    vmax = loss_limit(*losses) if vmax is None else float(vmax)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n + 0.8, 5.2), squeeze=False,
+                             layout="constrained")
+    im = None
     for i in range(n):
         axes[0, i].imshow(overlay_labels(frames[i], masks[i], alpha=0.35))
         draw_hidden_grid(axes[0, i], hidden[i], frames[i].shape[:2])
@@ -219,53 +266,117 @@ def plot_loss_maps(frames: Any, masks: Any, hidden: Any, loss: Any,
         if i >= offset:
             lm = losses[i - offset]
             im = axes[1, i].imshow(lm, cmap="magma", vmin=0.0, vmax=vmax)
-            edge = label_boundary(masks[i])
-            axes[1, i].contour(edge, levels=[0.5], colors="cyan", linewidths=0.6)
+            axes[1, i].contour(label_boundary(masks[i]), levels=[0.5], colors="cyan",
+                               linewidths=0.6)
             draw_hidden_grid(axes[1, i], hidden[i], lm.shape)
             axes[1, i].set_title(f"loss, mean {lm.mean():.3f}", fontsize=8)
-            fig.colorbar(im, ax=axes[1, i], fraction=0.046, pad=0.02)
-    return _finish(fig, axes, out_png, title)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes[1, :].tolist(), label=LOSS_LABEL, shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_png)
+
+
+#: Outline colours of what a read-weight or stress-set figure marks, by what it is.
+OUTLINE_COLOURS = {"object": "lime", "twin": "orange", "pasted object": "magenta"}
+WEIGHT_LABEL = "read weight of each memory cell (all cells sum to 1)"
+
+
+def _resized_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask at ``size`` (H, W), nearest-neighbour resized when it differs."""
+    arr = _array(mask).astype(np.uint8)
+    if arr.shape != size:
+        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]),
+                                                     Image.Resampling.NEAREST))
+    return arr > 0
+
+
+def _outline(ax: plt.Axes, masks: Mapping[str, Any], size: tuple[int, int]) -> None:
+    for name, mask in masks.items():
+        m = _resized_mask(mask, size)
+        if m.any():
+            ax.contour(m.astype(float), levels=[0.5], linewidths=1.0,
+                       colors=OUTLINE_COLOURS.get(name, "yellow"))
+
+
+def _outline_legend(fig: plt.Figure, names: Sequence[str]) -> None:
+    handles = [Line2D([], [], color=OUTLINE_COLOURS.get(n, "yellow"), lw=2, label=f"{n} outline")
+               for n in names]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
 
 
 def plot_read_weights(memory_frame: Any, query_frame: Any,
                       rows: Sequence[tuple[str, tuple[int, int], Mapping[str, Any]]],
-                      out_png: str | os.PathLike, *, outline: Any = None) -> Path:
+                      out_png: str | os.PathLike, *,
+                      memory_outlines: Mapping[str, Any] | None = None,
+                      query_outlines: Mapping[str, Any] | None = None) -> Path:
     """Fig. 1 style: where query cells read from in the memory frame, one row per query cell.
 
     ``rows``: (title, query cell (y, x) on the padded feature grid, {read label: (h,w) weights over
-    the memory frame's padded grid}). ``outline``: an optional bool (H,W) map drawn on the query
-    frame (e.g. the distractor).
-    """
+    the memory frame's padded grid}). ``memory_outlines`` / ``query_outlines``: {"object" |
+    "twin" | …: bool mask, any size} outlined in that frame. One colour scale for every panel."""
     mem, qry = to_uint8_image(memory_frame), to_uint8_image(query_frame)
     h, w = mem.shape[:2]
     lw, _, lh, _ = pad_amounts(h, w)
+    weights = [[_array(m, np.float32) for m in maps.values()] for _, _, maps in rows]
+    if any(wm.ndim != 2 for r in weights for wm in r):
+        raise ValueError("read weights must be (h,w) maps")
+    vmax = max(float(wm.max()) for r in weights for wm in r) or 1.0
     ncol = 1 + max(len(maps) for _, _, maps in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.0 * ncol, 2.0 * len(rows) + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.0 * ncol + 0.8, 2.1 * len(rows) + 0.8),
+                             squeeze=False, layout="constrained")
+    im = None
     for r, (title, (qy, qx), maps) in enumerate(rows):
-        ax = axes[r, 0]
-        ax.imshow(qry)
-        if outline is not None:
-            ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="yellow",
-                       linewidths=0.7)
-        ax.plot([(qx + 0.5) * FEATURE_STRIDE - lw - 0.5], [(qy + 0.5) * FEATURE_STRIDE - lh - 0.5],
-                marker="+", ms=14, mew=2.5, color="red")
-        ax.set_title(f"query frame: {title}", fontsize=8)
-        for k, (label, wmap) in enumerate(maps.items(), start=1):
-            wm = np.asarray(wmap.detach().cpu() if hasattr(wmap, "detach") else wmap,
-                            dtype=np.float32)
-            if wm.ndim != 2:
-                raise ValueError(f"read weights {label!r} must be (h,w), got shape {wm.shape}")
+        axes[r, 0].imshow(qry)
+        _outline(axes[r, 0], query_outlines or {}, (h, w))
+        axes[r, 0].plot([(qx + 0.5) * FEATURE_STRIDE - lw - 0.5],
+                        [(qy + 0.5) * FEATURE_STRIDE - lh - 0.5], marker="+", ms=14, mew=2.5,
+                        color="red")
+        axes[r, 0].set_title(f"query frame: {title} (+)", fontsize=8)
+        for k, (label, wm) in enumerate(zip(maps, weights[r]), start=1):
             gh, gw = wm.shape  # the padded grid, shifted by the padding into image coordinates
             ax = axes[r, k]
             ax.imshow(mem)
-            ax.imshow(wm, cmap="jet", alpha=0.55, interpolation="nearest",
-                      extent=(-lw - 0.5, gw * FEATURE_STRIDE - lw - 0.5,
-                              gh * FEATURE_STRIDE - lh - 0.5, -lh - 0.5))
+            im = ax.imshow(wm, cmap="viridis", alpha=0.6, interpolation="nearest", vmin=0.0,
+                           vmax=vmax, extent=(-lw - 0.5, gw * FEATURE_STRIDE - lw - 0.5,
+                                              gh * FEATURE_STRIDE - lh - 0.5, -lh - 0.5))
+            _outline(ax, memory_outlines or {}, (h, w))
             ax.set_xlim(-0.5, w - 0.5)
             ax.set_ylim(h - 0.5, -0.5)
             ax.set_title(f"memory frame, {label}: max {wm.max():.3f}", fontsize=8)
-    return _finish(fig, axes, out_png, "")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), label=WEIGHT_LABEL, shrink=0.85)
+    _outline_legend(fig, list(dict.fromkeys([*(memory_outlines or {}), *(query_outlines or {})])))
+    return save_figure(fig, out_png)
+
+
+def plot_stress_sets(examples: Sequence[tuple[str, Any, Mapping[str, Any]]],
+                     out_png: str | os.PathLike, *, columns: int = 2) -> Path:
+    """Example frames of the stress sets, each region tinted and outlined in the colour of what
+    it is (:data:`OUTLINE_COLOURS`, named in the legend). ``examples``: (title, frame,
+    {"object" | "twin" | "pasted object": bool mask})."""
+    if not examples:
+        raise ValueError("plot_stress_sets needs at least one example")
+    ncol = min(columns, len(examples))
+    nrow = -(-len(examples) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(PAGE_WIDTH, 2.9 * nrow + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax, (title, frame, regions) in zip(axes.ravel(), examples):
+        img = to_uint8_image(frame).astype(np.float32)
+        for name, mask in regions.items():
+            m = _resized_mask(mask, img.shape[:2])[..., None]
+            colour = np.asarray(matplotlib.colors.to_rgb(OUTLINE_COLOURS.get(name, "yellow")))
+            img = np.where(m, 0.6 * img + 0.4 * 255 * colour, img)
+        ax.imshow(img.astype(np.uint8))
+        _outline(ax, regions, img.shape[:2])
+        ax.set_title(title, fontsize=9)
+    for ax in axes.ravel():
+        ax.axis("off")
+    _outline_legend(fig, list(dict.fromkeys(n for *_, r in examples for n in r)))
+    return save_figure(fig, out_png)
 
 
 def plot_gap_histogram(gaps: pd.DataFrame, sigmas: Sequence[float], out_png: str | os.PathLike
@@ -290,24 +401,74 @@ def plot_gap_histogram(gaps: pd.DataFrame, sigmas: Sequence[float], out_png: str
     return save_figure(fig, out_png)
 
 
-def overlay_row(sequence: Any, masks_dir: str | os.PathLike, *, n: int = 4,
-                title: str | None = None) -> tuple[str, list[np.ndarray], list[np.ndarray]]:
-    """(title, frames, predicted label maps) at ``n`` evenly spaced frames of a sequence.
+#: Colours of the error overlay: what the prediction got right and wrong against the ground truth.
+ERROR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "true positive": (0, 190, 0), "false positive": (230, 0, 0), "false negative": (0, 90, 255)}
 
-    ``sequence`` is a :class:`kmnlib.data.video.VideoSequence`; result masks are read from
-    ``masks_dir/<name>/<frame stem>.png`` and resized (nearest) to the frame size if needed.
-    """
-    idx = np.linspace(0, len(sequence) - 1, n).round().astype(int).tolist()
-    frames = list(sequence.load_frames(idx))
-    labels = []
-    for i, frame in zip(idx, frames):
+
+def error_overlay(image: Any, pred: Any, truth: Any, *, alpha: float = 0.55,
+                  void: int = 255) -> np.ndarray:
+    """``image`` with each pixel tinted by what the prediction did there: true positive (the
+    right object, green), false positive (an object where the truth has background, red), false
+    negative (an object of the truth labelled otherwise, blue); void and true background as is."""
+    img = to_uint8_image(image).astype(np.float32)
+    p, t = _array(pred).astype(np.int64), _array(truth).astype(np.int64)
+    if p.shape != img.shape[:2] or t.shape != img.shape[:2]:
+        raise ValueError(f"masks {p.shape}, {t.shape} do not match image {img.shape[:2]}")
+    known = t != void
+    kinds = {"true positive": known & (t > 0) & (p == t),
+             "false positive": known & (t == 0) & (p > 0),
+             "false negative": known & (t > 0) & (p != t)}
+    for name, where in kinds.items():
+        colour = np.asarray(ERROR_COLOURS[name], dtype=np.float32)
+        img = np.where(where[..., None], (1 - alpha) * img + alpha * colour, img)
+    return img.astype(np.uint8)
+
+
+def error_row(sequence: Any, masks_dir: str | os.PathLike, *, n: int = 4, title: str | None = None,
+              frames: Sequence[int] | None = None) -> dict[str, Any]:
+    """One row of :func:`plot_error_overlays`: ``frames`` (default ``n`` evenly spaced) of a
+    :class:`kmnlib.data.video.VideoSequence` with the predicted label maps read from
+    ``masks_dir/<name>/<frame stem>.png`` (resized, nearest, to the frame size) and the truth."""
+    idx = list(frames) if frames is not None else \
+        np.linspace(0, len(sequence) - 1, n).round().astype(int).tolist()
+    images = list(sequence.load_frames(idx))
+    preds = []
+    for i, frame in zip(idx, images):
         path = Path(masks_dir) / sequence.name / f"{Path(sequence.frame_paths[i]).stem}.png"
-        lab = read_label_map(path)
-        if lab.shape != frame.shape[:2]:
-            lab = np.asarray(Image.fromarray(lab).resize((frame.shape[1], frame.shape[0]),
-                                                         Image.Resampling.NEAREST))
-        labels.append(lab)
-    return title or sequence.name, frames, labels
+        preds.append(_resized_labels(read_label_map(path), frame.shape[:2]))
+    return {"title": title or sequence.name, "frames": images, "preds": preds,
+            "truths": [sequence.load_mask(i) for i in idx], "numbers": idx}
+
+
+def _resized_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if labels.shape == size:
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((size[1], size[0]),
+                                                     Image.Resampling.NEAREST))
+
+
+def plot_error_overlays(rows: Sequence[Mapping[str, Any]], out_png: str | os.PathLike, *,
+                        title: str = "") -> Path:
+    """Fig. 5/6 style with the errors shown: one row per :func:`error_row`, each frame tinted by
+    :func:`error_overlay` and titled with its frame number; the colours named in a legend."""
+    if not rows:
+        raise ValueError("plot_error_overlays needs at least one row")
+    ncol = max(len(r["frames"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(PAGE_WIDTH, 1.75 * len(rows) + 0.7),
+                             squeeze=False, layout="constrained")
+    for r, row in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(row["frames"]):
+                ax.imshow(error_overlay(row["frames"][c], row["preds"][c], row["truths"][c]))
+                ax.set_title(f"{row['title']}, frame {row['numbers'][c]}" if c == 0
+                             else f"frame {row['numbers'][c]}", fontsize=8)
+    handles = [Patch(color=np.asarray(c) / 255, label=n) for n, c in ERROR_COLOURS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_png)
 
 
 def plot_decoder_swap(swap: pd.DataFrame, out_png: str | os.PathLike) -> Path:
@@ -315,8 +476,9 @@ def plot_decoder_swap(swap: pd.DataFrame, out_png: str | os.PathLike) -> Path:
     swaps, over the video), one panel per model × read."""
     rows = swap[(swap["swap_over"] == "twin region") & (swap["scope"] == "video")]
     panels = list(rows.groupby(["model", "read"], sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False,
-                             sharey=True)
+    width = 3.2 * len(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, max(3.4, width / 3.0)),
+                             squeeze=False, sharey=True)
     for ax, ((model, read), g) in zip(axes[0], panels):
         labels = [f"{r} / {q}" for r, q in zip(g["readout_from"], g["query_from"])]
         ax.bar(range(len(g)), g["leakage"], color=["C3", "C1", "C0", "C2"][:len(g)])

@@ -5,7 +5,13 @@ made (a ``protocol`` column): our runs are not the paper's protocol.
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pandas as pd
+
+from kmnlib.config import PAPER as PAPER_PROFILE
+from kmnlib.config import PAPER_SIGMA, Profile
 
 PAPER = "Seong et al. 2020"
 PAPER_PROTOCOL = "published: ResNet-50, 384² crops, 480p, 1080Ti"
@@ -106,3 +112,91 @@ def table3_effects() -> pd.DataFrame:
             ("HaS − no HaS, KM read", kmn[(True, True)] - kmn[(False, True)])]
     return pd.DataFrame([{"source": PAPER, "comparison": c, "DAVIS16 J&F difference": round(d, 1)}
                          for c, d in rows])
+
+
+def runtime_labelled(table1: pd.DataFrame, ours_hardware: str) -> pd.DataFrame:
+    """A :func:`side_by_side` Table 1 with ``s/frame measured on`` after ``s/frame``: the paper's
+    GPU for its rows, ``ours_hardware`` for ours (the numbers are not comparable across it)."""
+    out = table1.copy()
+    where = list(out.columns).index("s/frame") + 1
+    out.insert(where, "s/frame measured on",
+               [RUNTIME_GPU if src == PAPER else ours_hardware for src in out["source"]])
+    return out
+
+
+def headline_sigma_label(ours: Profile) -> str:
+    """What the profile's σ is, said in the paper's terms: ``"σ = 3.5 (paper's 7 at our 1/2
+    inference resolution)"`` when it is the resolution-matched width, else its relation to 7."""
+    sigma = ours.inference.sigma
+    if sigma is None:
+        return "STM read (no kernel)"
+    matched = ours.resolution_matched_sigma()
+    if math.isclose(sigma, matched, rel_tol=1e-6):
+        scale = Fraction(matched / PAPER_SIGMA).limit_denominator(64)
+        if scale == 1:
+            return f"σ = {sigma:g} (the paper's, at its inference resolution)"
+        return (f"σ = {sigma:g} (paper's {PAPER_SIGMA:g} at our {scale} inference "
+                f"resolution)")
+    return f"σ = {sigma:g} (the paper's is {PAPER_SIGMA:g} at {PAPER_PROFILE.inference_label()})"
+
+
+# --- the paper's claims beside our effects -----------------------------------------------------
+#: Paper Table-3 comparison → (our effects.csv ``comparison``, ``read`` with σ filled in).
+CLAIM_ROWS: dict[str, tuple[str, str]] = {
+    "KM − STM read, HaS model": ("KM − STM read, HaS model", "KM σ={sigma:g} vs STM"),
+    "KM − STM read, no HaS model": ("KM − STM read, no HaS model", "KM σ={sigma:g} vs STM"),
+    "HaS − no HaS, STM read": ("HaS − no HaS", "STM read"),
+    "HaS − no HaS, KM read": ("HaS − no HaS", "KM σ={sigma:g}"),
+}
+CLAIM_COLUMNS = ["claim", "paper Δ", "ours Δ", "ours Δ low", "ours Δ high", "interval",
+                 "smallest detectable Δ", "seeds", "protocol difference"]
+
+
+def protocol_difference(ours: Profile) -> str:
+    """How our protocol differs from the paper's: backbone, iterations, training data, crops and
+    inference resolution (the paper's from :data:`kmnlib.config.PAPER`; its iteration counts are
+    not stated in the paper, so that profile's are an assumption and are not quoted)."""
+    paper_res = PAPER_PROFILE.inference_label()
+    return "; ".join([
+        f"backbone {ours.model.backbone} (paper {PAPER_PROFILE.model.backbone})",
+        f"{ours.pretrain.iterations}+{ours.main.iterations} iterations at batch "
+        f"{ours.main.batch_size} (paper: not stated)",
+        f"static {'+'.join(ours.static_sets)}, video {'+'.join(ours.video_sets)} (paper static "
+        f"{'+'.join(PAPER_PROFILE.static_sets)}, video {'+'.join(PAPER_PROFILE.video_sets)})",
+        f"{ours.main.crop_size}² crops (paper {PAPER_PROFILE.main.crop_size}²)",
+        f"inference {ours.inference_label()} (paper {paper_res})"])
+
+
+def effect_interval(row: pd.Series) -> tuple[float, float, float, str]:
+    """(low, high, smallest detectable, kind): the seed-level interval where the row has it (two
+    or more seeds), else the bootstrap interval over sequences, said so."""
+    seeds = len(str(row.get("seeds", "")).split())
+    low, high = row.get("seed_ci_low", math.nan), row.get("seed_ci_high", math.nan)
+    if seeds >= 2 and not (pd.isna(low) or pd.isna(high)):
+        return float(low), float(high), float(row["seed_mde80"]), f"seed-level t, {seeds} seeds"
+    why = "one seed" if seeds < 2 else "no seed-level interval in effects.csv"
+    return (float(row["ci_low"]), float(row["ci_high"]), float(row["mde80"]),
+            f"bootstrap over sequences ({why})")
+
+
+def claims_table(effects: pd.DataFrame, ours: Profile, *, stage: str = "static + video"
+                 ) -> pd.DataFrame:
+    """One row per claim of the paper's Table 3 (:func:`table3_effects`): the paper's Δ, ours
+    (``effects``: an ``effects.csv`` of the video-trained models at ``ours``' σ) with its interval
+    and smallest detectable effect, and how our protocol differs. A claim we have no row for
+    keeps its paper Δ and empty numbers."""
+    sigma = ours.inference.sigma
+    rows = []
+    for claim, paper_diff in table3_effects()[["comparison", "DAVIS16 J&F difference"]].values:
+        comparison, read = CLAIM_ROWS[claim]
+        match = effects[(effects["comparison"] == comparison) & (effects["stage"] == stage)
+                        & (effects["read"] == read.format(sigma=sigma))]
+        row = {"claim": claim, "paper Δ": paper_diff,
+               "protocol difference": protocol_difference(ours)}
+        if len(match):
+            hit = match.iloc[0]
+            low, high, mde, kind = effect_interval(hit)
+            row.update({"ours Δ": float(hit["mean_diff"]), "ours Δ low": low, "ours Δ high": high,
+                        "interval": kind, "smallest detectable Δ": mde, "seeds": hit["seeds"]})
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)

@@ -9,8 +9,10 @@ profile name and an ``overrides`` mapping (:mod:`kmnlib.study.session`), checked
 notebook runs. Outputs are first written to temporary files and renamed only on success, so a
 failing notebook stops the chain (exit code 1, papermill's error printed) and leaves the outputs of
 earlier runs intact; the failed execution is kept beside them as ``<name>.failed.ipynb`` for
-inspection. Wall times go to ``<out_dir>/stage_times.csv`` and ``<out_dir>/index.html`` links the
-reports.
+inspection. The progress lines training and evaluation print (the kernel's and its workers'
+stderr) go to ``<out_dir>/notebooks/<name>.log``, not into the notebook. Wall times go to
+``<out_dir>/stage_times.csv``; ``<out_dir>/index.html`` (:mod:`kmnlib.study.index_page`) opens with
+the findings, which the command prints too, and links every report.
 
 One study at a time writes into an output folder: ``<out_dir>/.study.lock`` (:func:`study_lock`)
 refuses a second one while the first one's process lives, and the first thing done under it is to
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import html
 import json
 import os
 import re
@@ -46,11 +47,14 @@ from kmnlib.cli import INTERRUPTED, INTERRUPTED_STATUS, interruptible
 from kmnlib.config import REPO_ROOT
 from kmnlib.files import save_csv, save_text
 from kmnlib.provenance import write_provenance
-from kmnlib.study.session import resolve_study
+from kmnlib.study.findings import plain_text
+from kmnlib.study.index_page import write_index
+from kmnlib.study.session import PROGRESS_LOG_ENV, resolve_study
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS: tuple[str, ...] = ("01_pretrain_static", "02_train_video", "03_evaluate",
-                              "04_ablation", "05_loss_maps", "06_tables", "07_distractors")
+                              "04_ablation", "05_loss_maps", "06_tables", "07_distractors",
+                              "08_scale")
 KERNEL_NAME = "python3"
 STAGE_TIMES = "stage_times.csv"
 
@@ -65,8 +69,12 @@ def kernel_dir(parent: Path) -> Path:
     spec = parent / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True, exist_ok=True)
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    # log_level=ERROR: the kernel app's only warning is "Kernel is running over TCP without
+    # encryption", once per notebook on the terminal; the kernel and papermill talk over
+    # localhost, and its errors still print.
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],
         "display_name": f"kmn-study ({sys.executable})", "language": "python",
         "env": {"PYTHONPATH": pythonpath, "MPLBACKEND": "Agg"},
     }, indent=1))
@@ -80,37 +88,63 @@ def render_html(ipynb: Path, html_path: Path) -> Path:
     return save_text(body, html_path)
 
 
+@contextlib.contextmanager
+def environ(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, remove) environment variables inside, restoring them after: the
+    kernel papermill starts inherits this process's environment."""
+    def put(settings: Mapping[str, str | None]) -> None:
+        for key, value in settings.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        put(values)
+        yield
+    finally:
+        put(old)
+
+
+def start_progress_log(path: Path, name: str) -> Path:
+    """Start ``path`` afresh with a header line; the kernel appends its progress lines
+    (:func:`kmnlib.study.session.redirect_progress`)."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return save_text(f"# {name}: progress lines of the run started {stamp} UTC\n", path)
+
+
 def execute_notebook(src: Path, dst: Path, params: dict[str, Any], *, workdir: Path,
-                     progress: bool = False) -> float:
+                     progress: bool = False, progress_log: Path | None = None) -> float:
     """Execute ``src`` with papermill into ``dst`` (written via a temp file); return wall seconds.
 
-    On failure the partially executed notebook is kept as ``<dst stem>.failed.ipynb`` and
-    papermill's exception propagates.
+    ``progress_log``: the file the kernel and its workers write their progress lines (stderr) to,
+    instead of the notebook (``$KMN_PROGRESS_LOG``, read by :func:`session.open_study`).
+    ``progress``: papermill's per-cell progress bar on this process's stderr (off for the study:
+    the runner prints one line per notebook). On failure the partially executed notebook is kept
+    as ``<dst stem>.failed.ipynb`` and papermill's exception propagates.
     """
     if not src.is_file():
         raise FileNotFoundError(f"{src}: notebook not found")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.running.ipynb")
     failed = dst.with_name(f"{dst.stem}.failed.ipynb")
-    old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(kernel_dir(workdir)), old) if p)
+    jupyter_path = os.pathsep.join(p for p in (str(kernel_dir(workdir)),
+                                               os.environ.get("JUPYTER_PATH")) if p)
+    if progress_log is not None:
+        start_progress_log(progress_log, src.stem)
     t0 = time.perf_counter()
     try:
-        # The progress bar (stderr) shows which cell of which notebook is running; training and
-        # evaluation print their own progress lines from the kernel and its workers.
-        pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
-                            cwd=str(src.parent), progress_bar=progress, log_output=False)
+        with environ(JUPYTER_PATH=jupyter_path,
+                     **{PROGRESS_LOG_ENV: str(progress_log) if progress_log else None}):
+            pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
+                                cwd=str(src.parent), progress_bar=progress, log_output=False)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             stop_children()  # the kernel runs in a session of its own: Ctrl-C did not reach it
         if tmp.exists():
             os.replace(tmp, failed)
         raise
-    finally:
-        if old is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = old
     seconds = time.perf_counter() - t0
     os.replace(tmp, dst)
     failed.unlink(missing_ok=True)
@@ -153,46 +187,9 @@ def record_stage_times(out_dir: Path, rows: Sequence[dict[str, Any]]) -> pd.Data
 
 
 def render_index(out_dir: Path, profile: str) -> Path:
-    """Write ``index.html``: links to each notebook's HTML report and the figures and tables."""
-    times = pd.read_csv(out_dir / STAGE_TIMES) if (out_dir / STAGE_TIMES).is_file() else None
-    rows = []
-    for name in NOTEBOOKS:
-        nb_html = out_dir / "notebooks" / f"{name}.html"
-        failed = out_dir / "notebooks" / f"{name}.failed.ipynb"
-        secs = ""
-        if times is not None and (times["notebook"] == name).any():
-            r = times[times["notebook"] == name].iloc[-1]
-            secs = f"{r['seconds']:.0f} s ({r['status']})"
-        if nb_html.is_file():
-            link = (f'<a href="notebooks/{name}.html">{name}</a> '
-                    f'(<a href="notebooks/{name}.ipynb">ipynb</a>)')
-        else:
-            link = f"{name} — no report yet"
-        if failed.is_file():  # the latest run failed; an earlier report (if any) stays linked
-            link += f' — latest run: <a href="notebooks/{name}.failed.ipynb">failed run</a>'
-
-        rows.append(f"<tr><td>{link}</td><td>{html.escape(secs)}</td></tr>")
-
-    def listing(sub: str, pattern: str) -> str:
-        files = sorted((out_dir / sub).rglob(pattern)) if (out_dir / sub).is_dir() else []
-        items = "".join(f'<li><a href="{html.escape(str(f.relative_to(out_dir)))}">'
-                        f"{html.escape(str(f.relative_to(out_dir / sub)))}</a></li>" for f in files)
-        return f"<ul>{items}</ul>" if items else "<p>none yet</p>"
-
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>kmn-study — {html.escape(profile)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{padding:.2em 1em}}</style>
-</head><body>
-<h1>kmn-study — profile <code>{html.escape(profile)}</code></h1>
-<p>Kernelized Memory Network (Seong et al., ECCV 2020) study. Generated
-{datetime.now(timezone.utc).isoformat(timespec="seconds")} by <code>python -m kmnlib.study
---profile {html.escape(profile)}</code>.</p>
-<h2>Notebook reports</h2><table><tr><th>notebook</th><th>wall time</th></tr>{''.join(rows)}</table>
-<h2>Tables (CSV)</h2>{listing("tables", "*.csv")}
-<h2>Figures (PNG)</h2>{listing("figures", "*.png")}
-</body></html>
-"""
-    return save_text(page, out_dir / "index.html")
+    """Write ``index.html``: the findings, the arms, every effect, provenance and the links to
+    every report (:mod:`kmnlib.study.index_page`)."""
+    return write_index(out_dir, profile, NOTEBOOKS)
 
 
 def notebook_parameters(profile: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,11 +251,12 @@ def _run_notebooks(names: Sequence[str], notebook_dir: Path, out_dir: Path,
     times: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kmn-kernel-") as kdir:
         for name in names:
-            log(f"[study] {name} …")
+            log(f"[study] {name} … (progress: {nb_out / (name + '.log')})")
             t0 = time.perf_counter()
             try:
                 secs = execute_notebook(notebook_dir / f"{name}.ipynb", nb_out / f"{name}.ipynb",
-                                        parameters, workdir=Path(kdir), progress=progress)
+                                        parameters, workdir=Path(kdir), progress=progress,
+                                        progress_log=nb_out / f"{name}.log")
             except BaseException as exc:
                 interrupted = isinstance(exc, KeyboardInterrupt)
                 times.append(stage_time(name, time.perf_counter() - t0,
@@ -419,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # On Ctrl-C the notebook's kernel is killed first: it runs in a session of its own (the
         # terminal's Ctrl-C does not reach it), and shut down gently it would print tracebacks.
         with interruptible(first=stop_children):
-            index = run_study(args.profile, overrides, only=args.only, progress=True)
+            index = run_study(args.profile, overrides, only=args.only)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr, flush=True)
         return INTERRUPTED_STATUS
@@ -433,5 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(exc, "evalue", None) or str(exc)
         print(f"[study] FAILED: {name}: {' '.join(str(value).split())[:500]}", file=sys.stderr)
         return 1
+    text = plain_text(index.parent)
+    if text:
+        print(f"[study] findings (from {index.parent / 'tables'}):\n{text}")
     print(f"[study] report: {index}")
     return 0

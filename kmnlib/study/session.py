@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import html
+import io
 import json
 import os
 import sys
@@ -233,6 +235,55 @@ def _check_training_sets(prof: Profile, root: Path) -> None:
 
 
 PROFILE_JSON = "profile.json"
+#: Set by the study runner to ``<out_dir>/notebooks/<name>.log``: where a notebook's progress goes.
+PROGRESS_LOG_ENV = "KMN_PROGRESS_LOG"
+_progress_log: Path | None = None   # where this process's stderr goes, once redirected
+
+
+def redirect_progress(path: str | os.PathLike | None = None) -> Path | None:
+    """Send this process's stderr, and that of every process it starts, to the file ``path``
+    (default ``$KMN_PROGRESS_LOG``; nothing happens when neither is set, as in JupyterLab), appended
+    to, and show one line linking it in the notebook. Returns the file, or None.
+
+    File descriptor 2 itself is pointed at the file, so the evaluation workers (spawned, they
+    inherit it) write there too; and ``sys.stderr`` is rebound to it, since in a kernel it is a
+    stream to the notebook. Errors still reach the notebook: the kernel sends a cell's exception
+    as a message of its own, not through stderr.
+    """
+    global _progress_log
+    target = path if path is not None else os.environ.get(PROGRESS_LOG_ENV)
+    if not target:
+        return None
+    target = Path(target).resolve()
+    if _progress_log == target:
+        return target   # a second open_study in the same kernel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="replace", line_buffering=True)
+    _progress_log = target
+    _show_progress_link(target)
+    return target
+
+
+def _show_progress_link(path: Path) -> None:
+    """One line in the notebook: the log's name, linked relative to the report beside it."""
+    text = f"progress log: {path.name}"
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None  # noqa: N806 - no IPython: a plain print
+    if get_ipython is None or get_ipython() is None:
+        print(text)
+        return
+    link = f'progress log: <a href="{html.escape(path.name)}">{html.escape(path.name)}</a>'
+    display({"text/html": link, "text/plain": text}, raw=True)
 
 
 def open_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Study:
@@ -240,7 +291,9 @@ def open_study(profile: str, overrides: Mapping[str, Any] | None = None) -> Stud
     profile's seed, set torch's CPU threads (``threads``: on a CPU shared with other jobs one
     thread per process is many times faster than two), flush subnormal floats to zero in every
     CPU thread (:func:`kmnlib.denormals.flush_denormals`), create the output folder and record the
-    profile there (``profile.json``: replicates are recognised by it)."""
+    profile there (``profile.json``: replicates are recognised by it). Run by the study runner,
+    it first sends the notebook's progress lines to their log (:func:`redirect_progress`)."""
+    redirect_progress()   # first: every progress line of the notebook goes to its log
     study = resolve_study(profile, overrides)
     np.random.seed(study.profile.seed)
     torch.manual_seed(study.profile.seed)

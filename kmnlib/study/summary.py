@@ -23,13 +23,22 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _runs(out_dir: Path) -> list[Path]:
-    return [out_dir] + sorted(d for d in out_dir.parent.glob(f"{out_dir.name}-seed*") if d.is_dir())
+def replicates(out_dir: Path) -> list[Path]:
+    """The seed replicates beside ``out_dir``: folders ``<out_dir>-seed<N>``, by N."""
+    found = [(int(d.name.rsplit("-seed", 1)[1]), d)
+             for d in out_dir.parent.glob(f"{out_dir.name}-seed*")
+             if d.is_dir() and d.name.rsplit("-seed", 1)[1].isdigit()]
+    return [d for _, d in sorted(found)]
+
+
+def runs(out_dir: Path) -> list[Path]:
+    """``out_dir`` and its seed replicates: the runs whose tables the summaries pool."""
+    return [out_dir] + replicates(out_dir)
 
 
 def _read_runs(out_dir: Path, table: str) -> pd.DataFrame:
     """``tables/<table>`` of every run, concatenated; a one-line error when no run holds it."""
-    frames = [_read(d / "tables" / table) for d in _runs(out_dir)
+    frames = [_read(d / "tables" / table) for d in runs(out_dir)
               if (d / "tables" / table).is_file()]
     if not frames:
         raise FileNotFoundError(f"{out_dir}: holds no tables/{table} (nor do its -seed<N> "
@@ -43,7 +52,7 @@ def check_study_folder(out_dir: Path) -> None:
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: results folder not found; run `make study` first, or "
                                 f"name the folder a study wrote (e.g. results/mini)")
-    if not any((d / "tables").is_dir() for d in _runs(out_dir)):
+    if not any((d / "tables").is_dir() for d in runs(out_dir)):
         raise FileNotFoundError(f"{out_dir}: holds no study tables (no tables/ folder); run "
                                 f"`make study` first, or name the folder a study wrote (e.g. "
                                 f"results/mini)")

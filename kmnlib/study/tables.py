@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from kmnlib.config import current_names
-from kmnlib.study.effects import effects_table, paired_effect
+from kmnlib.provenance import PROVENANCE_JSON, code_changed_since, provenance, read_provenance
+from kmnlib.study.effects import effects_table, paired_differences, paired_effect
+from kmnlib.study.paper import effect_interval
 from kmnlib.study.runs import DAVIS16_VAL, EvalJob, evaluate_all
-from kmnlib.study.session import PROFILE_JSON, Study
+from kmnlib.study.session import PROFILE_JSON, Study, environment_summary
 from kmnlib.study.training import STAGE_LABELS, TrainedCheckpoint
 from kmnlib.training.log import read_log
 
@@ -97,6 +99,47 @@ def training_summary(logs: Mapping[str, str | os.PathLike], *, tail: float = 0.1
                      "clips_per_s": (float(df["clips_per_s"].median()) if "clips_per_s" in df
                                      else float("nan"))})
     return pd.DataFrame(rows)
+
+
+def training_lines(summary: pd.DataFrame) -> list[str]:
+    """One line per arm of a :func:`training_summary`: iterations, loss at the start and the end,
+    wall time and throughput (what a reader needs instead of the trainer's progress output)."""
+    def num(value: float, fmt: str) -> str:
+        return "—" if pd.isna(value) else format(value, fmt)
+
+    return [f"{r.run}: {int(r.iterations)} iterations, loss {num(r.first_loss, '.3f')} → "
+            f"{num(r.final_loss, '.3f')} (means of the first and last tenth), wall "
+            f"{num(r.wall_s, '.0f')} s, {num(r.clips_per_s, '.2f')} clips/s"
+            for r in summary.itertuples(index=False)]
+
+
+def evaluation_lines(table: pd.DataFrame, results: Results) -> list[str]:
+    """One line per evaluated arm of an :class:`ArmsTable` table: what it is, J&F, s/frame, and
+    whether it was computed now or read back from its folder."""
+    cached = {res["run"]: res["cached"] for res in results.values()}
+    lines = []
+    for _, r in table.iterrows():
+        read = r["read"] if pd.isna(r["sigma"]) else f"{r['read']} σ={r['sigma']:g}"
+        how = "read back" if cached.get(r["run"]) else "computed now"
+        lines.append(f"{r['run']}: {r['stage']}, {r['pretraining']}, {read}: J&F {r['J&F']:.1f}, "
+                     f"{r['s/frame']:.3g} s/frame, {how}")
+    return lines
+
+
+def timing_hardware(study: Study) -> str:
+    """What our s/frame was measured on: the device, the CPU model recorded in the study's
+    ``provenance.json`` (else this machine's) and the torch threads of one evaluation (one thread
+    per worker when ``eval_workers`` > 1, :func:`kmnlib.study.runs.evaluate_all`)."""
+    if study.device != "cpu":
+        return study.device
+    try:
+        cpu = read_provenance(study.out_dir)["cpu"]
+    except (FileNotFoundError, KeyError, ValueError):
+        cpu = provenance([])["cpu"]  # the folder's record is written after its first run
+    workers = study.settings.eval_workers
+    threads = 1 if workers > 1 else environment_summary()["threads"]
+    side = f", {workers} evaluations side by side" if workers > 1 else ""
+    return f"CPU ({cpu}), {threads} torch thread(s) per evaluation{side}"
 
 
 # --- table builders --------------------------------------------------------------------------
@@ -256,27 +299,49 @@ class Table1:
 
 # --- replicates and effects ------------------------------------------------------------------
 def replicate_dirs(study: Study) -> list[Path]:
-    """This run's folder and its replicates beside it (``<out_dir>-seed<N>``) whose profile equals
-    this one but for the seed (``profile.json``, written by :func:`kmnlib.study.session.open_study`).
+    """This run's folder and every replicate beside it (``<out_dir>-seed<N>``).
 
-    A replicate left out is never left out silently: one line on stderr names the folder and the
-    settings it differs in (or its missing profile.json)."""
+    A replicate is never left out: one that cannot be pooled stops the pooling step with a
+    ``ValueError`` naming the folder and why (:func:`replicate_problem`) — its settings differ
+    beyond the seed, it is not a finished study, or it was made by other code — and the fix."""
     mine = _profile_without_seed(study.out_dir / PROFILE_JSON)
     out = [study.out_dir]
     for d in sorted(study.out_dir.parent.glob(f"{study.out_dir.name}-seed*")):
-        if not d.is_dir():
+        if not (d.is_dir() and REPLICATE.fullmatch(d.name[len(study.out_dir.name):])):
             continue
-        if not (d / PROFILE_JSON).is_file():
-            print(f"[pool] not pooled: {d} has no {PROFILE_JSON}", file=sys.stderr, flush=True)
-            continue
-        differ = setting_differences(mine, _profile_without_seed(d / PROFILE_JSON))
-        if differ:
-            print(f"[pool] not pooled: {d} differs beyond the seed in {', '.join(differ[:8])}"
-                  f"{' …' if len(differ) > 8 else ''}; re-run it with this code to pool it",
-                  file=sys.stderr, flush=True)
-            continue
+        problem = replicate_problem(mine, d)
+        if problem:
+            seed = d.name.rsplit("-seed", 1)[1]
+            raise ValueError(f"replicate {d}: {problem}; re-make it with this code "
+                             f"(python -m kmnlib.study --profile {study.profile.name} --seed "
+                             f"{seed} --out-dir {d}) or move it out of {d.parent} to leave it out")
         out.append(d)
     return out
+
+
+REPLICATE = re.compile(r"-seed\d+")
+
+
+def replicate_problem(mine: dict[str, Any], folder: Path) -> str | None:
+    """Why ``folder`` cannot be pooled with a run whose profile (minus seed) is ``mine``, or None:
+    no ``profile.json`` or ``provenance.json`` (not a finished study), settings that differ beyond
+    the seed (named), made from uncommitted code, or made by a commit whose ``kmnlib/`` or
+    ``notebooks/`` differ from this checkout's (:func:`kmnlib.provenance.code_changed_since`)."""
+    for name in (PROFILE_JSON, PROVENANCE_JSON):
+        if not (folder / name).is_file():
+            return f"has no {name} (not a finished study run)"
+    differ = setting_differences(mine, _profile_without_seed(folder / PROFILE_JSON))
+    if differ:
+        return (f"differs beyond the seed in {', '.join(differ[:8])}"
+                f"{' …' if len(differ) > 8 else ''}")
+    record = read_provenance(folder)
+    if record.get("dirty"):
+        return f"was made from uncommitted code ({', '.join(record['dirty'][:3])})"
+    changed = code_changed_since(record["commit"]) if record.get("commit") else None
+    if changed:
+        return (f"was made by other code: {len(changed)} file(s) of kmnlib/ or notebooks/ "
+                f"changed since its commit {record['commit'][:10]} (e.g. {changed[0]})")
+    return None
 
 
 def setting_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -296,13 +361,14 @@ def _profile_without_seed(path: Path) -> dict[str, Any]:
 
 
 def pooled_per_sequence(study: Study, table: str) -> pd.DataFrame:
-    """``tables/<table>`` of this run and of every replicate (:func:`replicate_dirs`) that has it,
-    stacked (each row carries its seed)."""
-    frames = [pd.read_csv(d / "tables" / table) for d in replicate_dirs(study)
-              if (d / "tables" / table).is_file()]
-    if not frames:
-        raise FileNotFoundError(f"{study.out_dir / 'tables' / table}: per-sequence table missing")
-    return pd.concat(frames, ignore_index=True)
+    """``tables/<table>`` of this run and of every replicate (:func:`replicate_dirs`), stacked
+    (each row carries its seed); a replicate without it is refused, naming the file."""
+    paths = [d / "tables" / table for d in replicate_dirs(study)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: table missing (a replicate must be a whole study "
+                                f"run; re-make {missing[0].parent.parent} with this code)")
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
 
 
 def select_rows(per_seq: pd.DataFrame, **match: Any) -> pd.DataFrame:
@@ -368,3 +434,36 @@ def effects(per_seq: pd.DataFrame, comparisons: Sequence[Comparison]) -> pd.Data
         rows.append({**paired_effect(a, b, comparison=c.comparison, stage=c.stage, read=c.read,
                                      metric=c.metric), "metric": c.metric})
     return effects_table(rows)
+
+
+def sequence_differences(per_seq: pd.DataFrame, c: Comparison) -> pd.DataFrame:
+    """Per (seed, sequence) ``a − b`` of a comparison, long: ``seed``, ``sequence``, ``diff`` (the
+    points of a per-sequence dot plot); pairs where either side lacks the metric are left out."""
+    a, b = select_rows(per_seq, **c.a), select_rows(per_seq, **c.b)
+    a, b = a[a[c.metric].notna()], b[b[c.metric].notna()]
+    keep = set(zip(a["seed"], a["sequence"])) & set(zip(b["seed"], b["sequence"]))
+    a = a[[k in keep for k in zip(a["seed"], a["sequence"])]]
+    b = b[[k in keep for k in zip(b["seed"], b["sequence"])]]
+    if a.empty:
+        return pd.DataFrame(columns=["seed", "sequence", "diff"])
+    wide = paired_differences(a, b, metric=c.metric)
+    return (wide.stack().rename("diff").reset_index()
+            .reindex(columns=["seed", "sequence", "diff"]).dropna())
+
+
+def sigma_effects(effects_df: pd.DataFrame, *, stage: str = STAGE_LABELS["main"]) -> pd.DataFrame:
+    """The kernel's effect against STM's read per model and σ (rows ``KM − STM read, <arm>
+    model`` of an effects table at ``stage``): ``model``, ``sigma``, ``mean_diff``, ``low``,
+    ``high``, ``interval`` (:func:`kmnlib.study.paper.effect_interval`)."""
+    rows = []
+    for _, r in effects_df.iterrows():
+        if r["stage"] != stage or not str(r["comparison"]).startswith("KM − STM read, "):
+            continue
+        if r.get("metric", "J&F") != "J&F":
+            continue
+        low, high, _, kind = effect_interval(r)
+        sigma = float(str(r["read"]).split("σ=", 1)[1].split()[0])
+        rows.append({"model": str(r["comparison"]).removeprefix("KM − STM read, "),
+                     "sigma": sigma, "mean_diff": float(r["mean_diff"]), "low": low,
+                     "high": high, "interval": kind})
+    return pd.DataFrame(rows, columns=["model", "sigma", "mean_diff", "low", "high", "interval"])
