@@ -31,7 +31,8 @@ def _git(*args: str) -> str | None:
                               text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    # rstrip only: `git status --porcelain` lines begin with a status column that may be a space
+    return done.stdout.rstrip() if done.returncode == 0 else None
 
 
 def _cpu_model() -> str:
