@@ -9,7 +9,7 @@ import pandas as pd
 from kmnlib.config import REPO_ROOT
 from kmnlib.study import compare
 
-COMMITTED = REPO_ROOT / "results" / "mini"
+COMMITTED = REPO_ROOT / "results" / "archive-2026-11-26" / "mini"
 
 
 def _copy(tmp: Path, name: str) -> Path:

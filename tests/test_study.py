@@ -354,13 +354,13 @@ def test_reports_of_the_smoke_study_pass_the_report_check(smoke_run: Path, capsy
 def test_run_keys_name_checkpoints_relative_to_the_repository(tmp_path) -> None:
     from kmnlib.config import REPO_ROOT
 
-    inside = REPO_ROOT / "results" / "mini" / "profile.json"   # a committed file in the repo
-    assert runs._fingerprint(inside)["path"] == "results/mini/profile.json"
+    inside = REPO_ROOT / "results" / "archive-2026-11-26" / "mini" / "profile.json"   # committed
+    assert runs._fingerprint(inside)["path"] == "results/archive-2026-11-26/mini/profile.json"
     outside = tmp_path / "ck.pt"
     outside.write_bytes(b"x")
     assert runs._fingerprint(outside)["path"] == str(outside.resolve())
     # The committed run records hold such paths too (not the folders of the machine that ran them).
-    for marker in (REPO_ROOT / "results").glob("*/*/run.json"):
+    for marker in (REPO_ROOT / "results").rglob("run.json"):
         path = json.loads(marker.read_text())["checkpoint"]["path"]
         assert not Path(path).is_absolute() and path.startswith("results/"), (marker, path)
 
