@@ -146,7 +146,7 @@ def test_changed_checkpoint_with_its_old_mtime_is_recomputed(evaluated) -> None:
 
 def test_main_checkpoint_of_a_changed_parent_is_retrained(tmp_path, data_root, one_thread) -> None:
     base = {"data_root": str(data_root), "out_dir": str(tmp_path / "out"), "progress": False,
-            "threads": 1, "pretrain.iterations": 1, "main.iterations": 1}
+            "threads": 1, "pretrain.iterations": 1, "main.iterations": 1, "main.snapshots": []}
     s1 = session.open_study("test", base)
     main = training._trained(s1, "main", True, force=False)
     parent = s1.checkpoints / "pretrain.pt"

@@ -71,7 +71,7 @@ def signed(x: float, digits: int = 2) -> str:
 
 def verdict(iv: Interval) -> str:
     if iv.low <= 0 <= iv.high:
-        return "undecided (the interval straddles 0)"
+        return "undecided (the interval contains 0)"
     return "positive (the interval excludes 0)" if iv.low > 0 else \
         "negative (the interval excludes 0)"
 
