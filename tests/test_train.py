@@ -24,8 +24,9 @@ PROFILE = get_profile("test")
 
 
 def _iters(n: int, stage: str = "pretrain"):
-    """The test profile with ``n`` iterations of ``stage``."""
-    return PROFILE.with_overrides({f"{stage}.iterations": n})
+    """The test profile with ``n`` iterations of ``stage`` (and its snapshots that still fit)."""
+    keep = [k for k in getattr(PROFILE, stage).snapshots if k < n]
+    return PROFILE.with_overrides({f"{stage}.iterations": n, f"{stage}.snapshots": keep})
 
 
 @pytest.fixture(autouse=True)
