@@ -69,9 +69,21 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
             "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_provenance(folder: str | Path, command: list[str] | None = None) -> Path:
-    """Write ``<folder>/provenance.json`` (atomically) and return its path."""
-    return save_text(json.dumps(provenance(command), indent=1), Path(folder) / PROVENANCE_JSON)
+def write_provenance(folder: str | Path, command: list[str] | None = None, *,
+                     started: dict[str, Any] | None = None) -> Path:
+    """Write ``<folder>/provenance.json`` (atomically) and return its path.
+
+    ``started``: the record taken when the run began (:func:`provenance`). A run's results are
+    the code's it started with (a process keeps what it imported; later notebooks import anew),
+    so that record is written, with ``date_utc_end``; when the commit or the changed files at the
+    end differ from the start, ``changed_during_run`` holds the end's values — such a folder is
+    not one code's result (pooling refuses it)."""
+    record = provenance(command)
+    if started is not None:
+        changed = {k: record[k] for k in ("commit", "dirty") if record[k] != started.get(k)}
+        record = {**started, "date_utc_end": record["date_utc"],
+                  **({"changed_during_run": changed} if changed else {})}
+    return save_text(json.dumps(record, indent=1), Path(folder) / PROVENANCE_JSON)
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any]:

@@ -40,3 +40,16 @@ def test_dirty_lists_changed_code_only(tmp_path, monkeypatch):
 def test_missing_provenance_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no provenance.json"):
         read_provenance(tmp_path)
+
+
+def test_the_record_is_the_code_the_run_started_with(tmp_path, monkeypatch):
+    import kmnlib.provenance as prov
+    head = {"commit": "abc"}
+    monkeypatch.setattr(prov, "_git", lambda *a: head["commit"] if a[0] == "rev-parse" else "")
+    started = prov.provenance(["python", "-m", "kmnlib.study"])
+    same = json.loads(write_provenance(tmp_path, started=started).read_text())
+    assert same["commit"] == "abc" and "changed_during_run" not in same and same["date_utc_end"]
+    head["commit"] = "def"          # a commit made while the run was going
+    moved = json.loads(write_provenance(tmp_path, started=started).read_text())
+    assert moved["commit"] == "abc" and moved["changed_during_run"] == {"commit": "def"}
+    assert moved["command"] == ["python", "-m", "kmnlib.study"]

@@ -37,7 +37,7 @@ def test_run_names_and_sigma_labels() -> None:
 
 
 def _replicate(folder: Path, profile: dict | None, *, commit: str | None = "new",
-               dirty: list | None = None) -> Path:
+               dirty: list | None = None, changed: dict | None = None) -> Path:
     """A results folder as a finished study leaves it: profile.json and provenance.json."""
     import json
 
@@ -45,7 +45,9 @@ def _replicate(folder: Path, profile: dict | None, *, commit: str | None = "new"
     if profile is not None:
         (folder / "profile.json").write_text(json.dumps(profile))
     if commit is not None:
-        (folder / "provenance.json").write_text(json.dumps({"commit": commit, "dirty": dirty or []}))
+        record = {"commit": commit, "dirty": dirty or [],
+                  **({"changed_during_run": changed} if changed else {})}
+        (folder / "provenance.json").write_text(json.dumps(record))
     return folder
 
 
@@ -70,6 +72,8 @@ def test_a_replicate_that_cannot_be_pooled_stops_pooling_naming_it(tmp_path, mon
              ({**prof, "seed": 2}, {"commit": None}, "has no provenance.json"),
              ({**prof, "seed": 2}, {"dirty": ["kmnlib/memory.py"]},
               r"was made from uncommitted code \(kmnlib/memory.py\)"),
+             ({**prof, "seed": 2}, {"changed": {"commit": "newer"}},
+              r"its code changed while it ran"),
              ({**prof, "seed": 2}, {"commit": "old"},
               r"was made by other code: 1 file\(s\) .* \(e.g. kmnlib/memory.py\)")]
     for profile, extra, why in cases:

@@ -46,7 +46,7 @@ from nbconvert import HTMLExporter
 from kmnlib.cli import INTERRUPTED, INTERRUPTED_STATUS, interruptible
 from kmnlib.config import REPO_ROOT
 from kmnlib.files import save_csv, save_text
-from kmnlib.provenance import write_provenance
+from kmnlib.provenance import provenance, write_provenance
 from kmnlib.study.findings import plain_text
 from kmnlib.study.index_page import write_index
 from kmnlib.study.session import PROGRESS_LOG_ENV, resolve_study
@@ -230,6 +230,7 @@ def run_study(profile: str, overrides: Mapping[str, Any] | None = None, *,
     parameters = notebook_parameters(profile, overrides or {})  # every setting, before any work
     out_dir = Path(parameters["overrides"]["out_dir"])
     with study_lock(out_dir):
+        started = provenance()   # the code this run starts with is the code its results are of
         cleaned = clean_leftovers(out_dir)
         if cleaned:
             log(f"[study] removed what an interrupted run left: "
@@ -238,7 +239,7 @@ def run_study(profile: str, overrides: Mapping[str, Any] | None = None, *,
                                progress=progress)
         record_stage_times(out_dir, times)
         (out_dir / FAILED_RUN).unlink(missing_ok=True)
-        write_provenance(out_dir)   # what made the folder's results (kmnlib.provenance)
+        write_provenance(out_dir, started=started)   # what made the folder's results
         return render_index(out_dir, profile)
 
 

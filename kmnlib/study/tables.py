@@ -335,6 +335,8 @@ def replicate_problem(mine: dict[str, Any], folder: Path) -> str | None:
         return (f"differs beyond the seed in {', '.join(differ[:8])}"
                 f"{' …' if len(differ) > 8 else ''}")
     record = read_provenance(folder)
+    if record.get("changed_during_run"):
+        return f"its code changed while it ran ({record['changed_during_run']})"
     if record.get("dirty"):
         return f"was made from uncommitted code ({', '.join(record['dirty'][:3])})"
     changed = code_changed_since(record["commit"]) if record.get("commit") else None
