@@ -128,12 +128,17 @@ def long_run_study(study: Study, folder: Path = LONG_RUN) -> Study:
                                         "progress": s.progress})
 
 
+def _long_run_checkpoints(long: Study) -> tuple[Path, Path]:
+    """The long run's (HaS arm) pre-training and final main-training checkpoint paths."""
+    pre = long.checkpoints / f"{checkpoint_name('pretrain', hide=True, init=None)}.pt"
+    return pre, long.checkpoints / f"{checkpoint_name('main', hide=True, init=pre)}.pt"
+
+
 def long_run_points(long: Study) -> list[ScalePoint]:
     """The long run's points that exist (HaS arm): pre-training, main snapshots, the final model
     ([] when the folder holds no checkpoints, e.g. a run not yet made)."""
-    p, folder = long.profile, long.checkpoints
-    pre = folder / f"{checkpoint_name('pretrain', hide=True, init=None)}.pt"
-    final = folder / f"{checkpoint_name('main', hide=True, init=pre)}.pt"
+    p = long.profile
+    pre, final = _long_run_checkpoints(long)
     out = [ScalePoint("HaS", "long run", "pretrain", p.pretrain.iterations, pre)]
     out += [ScalePoint("HaS", "long run", "main", p.pretrain.iterations + n, snapshot_path(final, n))
             for n in p.main.snapshots]
@@ -222,8 +227,7 @@ def _impossible(quantity: str, value: float) -> str:
 
 def long_run_final(long: Study) -> Path:
     """The long run's final checkpoint (``FileNotFoundError`` naming it while the run is unfinished)."""
-    pre = long.checkpoints / f"{checkpoint_name('pretrain', hide=True, init=None)}.pt"
-    final = long.checkpoints / f"{checkpoint_name('main', hide=True, init=pre)}.pt"
+    final = _long_run_checkpoints(long)[1]
     if not final.is_file():
         raise FileNotFoundError(f"{final}: the long run has not finished; resume it with the "
                                 f"command in {long.out_dir / 'RUN.md'}")
@@ -237,13 +241,19 @@ def long_run_log(long: Study) -> Path:
 
 def long_run_val(long: Study) -> pd.DataFrame:
     """The long run's final model on all of DAVIS-2016 val with STM's read and the kernel at the
-    profile's σ and the paper's: J&F, J, F (cached in the long run's folder)."""
+    profile's σ and the paper's: J&F, J, F, and for each kernel read its paired difference to STM's
+    read with a bootstrap interval over the sequences (one seed) — cached in the long run's folder."""
     final = long_run_final(long)
     sigmas = tuple(dict.fromkeys((None, long.profile.inference.sigma, PAPER_SIGMA)))
     jobs = [EvalJob(final, "long_has", s) for s in sigmas]
     results = evaluate_all(long, jobs)
-    return pd.DataFrame([{"model": f"mini-long, HaS, {long.profile.pretrain.iterations}+"
-                                   f"{long.profile.main.iterations} it, seed {long.profile.seed}",
-                          "read": sigma_label(j.sigma), **jf_from_global(results[j]["global"]),
-                          "s/frame": results[j]["s_per_frame"], "run": results[j]["run"]}
-                         for j in jobs])
+    rows = []
+    for j in jobs:
+        effect = {} if j.sigma is None else {
+            k: v for k, v in _read_effect(results[jobs[0]], results[j]).items()
+            if k in ("km_minus_stm", "ci_low", "ci_high")}
+        rows.append({"model": f"mini-long, HaS, {long.profile.pretrain.iterations}+"
+                              f"{long.profile.main.iterations} it, seed {long.profile.seed}",
+                     "read": sigma_label(j.sigma), **jf_from_global(results[j]["global"]),
+                     **effect, "s/frame": results[j]["s_per_frame"], "run": results[j]["run"]})
+    return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kmnlib.files import atomic_write  # noqa: E402
+from kmnlib.files import save_figure  # noqa: E402
 from kmnlib.study.scale import PAPER_JF, QUANTITIES  # noqa: E402
 
 LABELS = {"km_minus_stm": "KM − STM J&F (kernel's effect)",
@@ -21,14 +21,6 @@ LABELS = {"km_minus_stm": "KM − STM J&F (kernel's effect)",
           "leakage": "twin leakage, STM read (%)"}
 STYLE = {("HaS", "study"): ("tab:blue", "o"), ("no HaS", "study"): ("tab:orange", "s"),
          ("HaS", "long run"): ("tab:green", "D")}
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
-    return path
 
 
 def _panel(ax: plt.Axes, table: pd.DataFrame, trends: pd.DataFrame, q: str) -> None:
@@ -75,7 +67,7 @@ def plot_scale(table: pd.DataFrame, trends: pd.DataFrame, path: Path) -> Path:
     fig.legend(handles, labels, loc="lower right", fontsize=9, frameon=False)
     fig.suptitle("The scale axis: each quantity against model quality (one point per checkpoint)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_along_training(table: pd.DataFrame, path: Path) -> Path:
@@ -93,7 +85,7 @@ def plot_along_training(table: pd.DataFrame, path: Path) -> Path:
     ax.set_title("J&F along training (solid: STM read; dashed: kernel read)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_training_curve(log: pd.DataFrame, path: Path, *, title: str) -> Path:
@@ -110,4 +102,4 @@ def plot_training_curve(log: pd.DataFrame, path: Path, *, title: str) -> Path:
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
