@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from kmnlib.study.effects import effects_table, paired_differences, paired_effec
 from kmnlib.study.paper import effect_interval
 from kmnlib.study.runs import DAVIS16_VAL, EvalJob, evaluate_all
 from kmnlib.study.session import PROFILE_JSON, Study, environment_summary
+from kmnlib.study.summary import replicates
 from kmnlib.study.training import STAGE_LABELS, TrainedCheckpoint
 from kmnlib.training.log import read_log
 
@@ -306,9 +306,7 @@ def replicate_dirs(study: Study) -> list[Path]:
     beyond the seed, it is not a finished study, or it was made by other code — and the fix."""
     mine = _profile_without_seed(study.out_dir / PROFILE_JSON)
     out = [study.out_dir]
-    for d in sorted(study.out_dir.parent.glob(f"{study.out_dir.name}-seed*")):
-        if not (d.is_dir() and REPLICATE.fullmatch(d.name[len(study.out_dir.name):])):
-            continue
+    for d in replicates(study.out_dir):
         problem = replicate_problem(mine, d)
         if problem:
             seed = d.name.rsplit("-seed", 1)[1]
@@ -317,9 +315,6 @@ def replicate_dirs(study: Study) -> list[Path]:
                              f"{seed} --out-dir {d}) or move it out of {d.parent} to leave it out")
         out.append(d)
     return out
-
-
-REPLICATE = re.compile(r"-seed\d+")
 
 
 def replicate_problem(mine: dict[str, Any], folder: Path) -> str | None:
