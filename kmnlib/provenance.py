@@ -75,15 +75,32 @@ def write_provenance(folder: str | Path, command: list[str] | None = None, *,
 
     ``started``: the record taken when the run began (:func:`provenance`). A run's results are
     the code's it started with (a process keeps what it imported; later notebooks import anew),
-    so that record is written, with ``date_utc_end``; when the commit or the changed files at the
-    end differ from the start, ``changed_during_run`` holds the end's values — such a folder is
-    not one code's result (pooling refuses it)."""
+    so that record is written, with ``date_utc_end``; when the code at the end differs from the
+    start (a commit that touched :data:`CODE_PATHS`, or other uncommitted changes),
+    ``changed_during_run`` holds the end's values — such a folder is not one code's result
+    (pooling refuses it). A commit of documentation or of other results meanwhile is not a change:
+    long replicates run side by side while finished ones are committed."""
     record = provenance(command)
     if started is not None:
-        changed = {k: record[k] for k in ("commit", "dirty") if record[k] != started.get(k)}
+        changed = _code_change(started, record)
         record = {**started, "date_utc_end": record["date_utc"],
                   **({"changed_during_run": changed} if changed else {})}
     return save_text(json.dumps(record, indent=1), Path(folder) / PROVENANCE_JSON)
+
+
+def _code_change(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    """What of the code changed between two records: ``commit`` with ``code`` (the changed files
+    under :data:`CODE_PATHS`; None when git cannot tell, which counts as changed) and ``dirty``."""
+    out: dict[str, Any] = {}
+    if end["commit"] != start.get("commit"):
+        diff = (_git("diff", "--name-only", str(start.get("commit")), str(end["commit"]), "--",
+                     *CODE_PATHS) if start.get("commit") and end["commit"] else None)
+        files = None if diff is None else [line for line in diff.splitlines() if line]
+        if files is None or files:
+            out.update(commit=end["commit"], code=files)
+    if end["dirty"] != start.get("dirty"):
+        out["dirty"] = end["dirty"]
+    return out
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any]:

@@ -45,11 +45,35 @@ def test_missing_provenance_is_one_line(tmp_path):
 def test_the_record_is_the_code_the_run_started_with(tmp_path, monkeypatch):
     import kmnlib.provenance as prov
     head = {"commit": "abc"}
-    monkeypatch.setattr(prov, "_git", lambda *a: head["commit"] if a[0] == "rev-parse" else "")
+    answers = {"rev-parse": lambda: head["commit"], "status": lambda: "", "diff": lambda: None}
+    monkeypatch.setattr(prov, "_git", lambda *a: answers[a[0]]())
     started = prov.provenance(["python", "-m", "kmnlib.study"])
     same = json.loads(write_provenance(tmp_path, started=started).read_text())
     assert same["commit"] == "abc" and "changed_during_run" not in same and same["date_utc_end"]
-    head["commit"] = "def"          # a commit made while the run was going
+    head["commit"] = "def"          # a commit made while the run was going; git cannot diff
     moved = json.loads(write_provenance(tmp_path, started=started).read_text())
-    assert moved["commit"] == "abc" and moved["changed_during_run"] == {"commit": "def"}
+    assert moved["commit"] == "abc"
+    assert moved["changed_during_run"] == {"commit": "def", "code": None}
     assert moved["command"] == ["python", "-m", "kmnlib.study"]
+
+
+@pytest.mark.parametrize("diff, changed", [("", False), ("kmnlib/memory.py", True)])
+def test_a_commit_during_the_run_counts_only_when_it_touched_code(tmp_path, monkeypatch, diff,
+                                                                   changed):
+    import kmnlib.provenance as prov
+    head = {"commit": "abc"}
+    calls = []
+
+    def fake_git(*args):
+        calls.append(args)
+        return {"rev-parse": head["commit"], "status": "", "diff": diff}[args[0]]
+    monkeypatch.setattr(prov, "_git", fake_git)
+    started = prov.provenance(["python", "-m", "kmnlib.study"])
+    head["commit"] = "def"          # e.g. a finished replicate's results committed meanwhile
+    record = json.loads(write_provenance(tmp_path, started=started).read_text())
+    diff_call = next(a for a in calls if a[0] == "diff")
+    assert diff_call[2:4] == ("abc", "def") and "kmnlib" in diff_call and "notebooks" in diff_call
+    if changed:
+        assert record["changed_during_run"] == {"commit": "def", "code": ["kmnlib/memory.py"]}
+    else:
+        assert "changed_during_run" not in record and record["commit"] == "abc"
