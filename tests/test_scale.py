@@ -81,3 +81,25 @@ def test_trend_sentences_name_an_impossible_extrapolation():
     text = " ".join(scale.trend_sentences(scale.trends(table)))
     assert "leakage rises with J&F" in text and "cannot hold there" in text
     assert "km_minus_stm has no direction the data can tell" in text
+
+
+def test_the_long_run_command_writes_its_tables_and_their_provenance(tmp_path, monkeypatch,
+                                                                      capsys):
+    import json
+    from types import SimpleNamespace
+
+    from kmnlib.study import long_run
+    long = SimpleNamespace(out_dir=tmp_path)
+    val = pd.DataFrame({"read": ["STM read"], "J&F": [61.1]})
+    points = pd.DataFrame({"iterations": [1200, 4800], "J&F": [43.8, 67.5]})
+    monkeypatch.setattr(long_run, "resolve_study", lambda profile, overrides: "base")
+    monkeypatch.setattr(scale, "long_run_study", lambda base: long)
+    monkeypatch.setattr(scale, "long_run_val", lambda study: val)
+    monkeypatch.setattr(scale, "long_run_points", lambda study: ["it1200", "it4800"])
+    monkeypatch.setattr(scale, "measure", lambda study, pts: points)
+    assert long_run.main([]) == 0
+    assert pd.read_csv(tmp_path / "tables" / "long_run_val.csv")["J&F"].tolist() == [61.1]
+    assert pd.read_csv(tmp_path / "tables" / "scale_points.csv")["iterations"].tolist() == [1200, 4800]
+    record = json.loads((tmp_path / "provenance.json").read_text())
+    assert len(record["commit"]) == 40 and record["date_utc_end"]
+    assert "written:" in capsys.readouterr().out

@@ -18,6 +18,14 @@ from kmnlib.study.training import STAGE_LABELS, TrainedCheckpoint
 SET_NAMES = {TWIN_VAL: "DAVIS-16 val + twin", PAIRS_VAL: "DAVIS-16 val pairs"}
 
 
+def run_leakage(study: Study, dataset: str, result: dict) -> pd.DataFrame:
+    """Per sequence (``sequence``, ``leakage``): the share of the twin's pixels (the ``Twins/`` maps
+    of the derived set ``dataset``) that an evaluation run's result PNGs label as the object."""
+    ds = davis(study, dataset)
+    names = study.sequences or ds.names
+    return leakage_by_sequence(twin_leakage(result["run_dir"] / "masks", ds.root, names))
+
+
 @dataclass(frozen=True)
 class DistractorTable:
     """Every model × read on the twin and pair sets, the ``extension_sigmas`` (not the paper's
@@ -45,10 +53,6 @@ class DistractorTable:
     def jobs(self) -> list[EvalJob]:
         return [job for *_, job in self._triples()]
 
-    def _leakage(self, job: EvalJob, res: dict) -> pd.DataFrame:
-        ds = davis(self.study, TWIN_VAL)
-        names = self.study.sequences or ds.names
-        return leakage_by_sequence(twin_leakage(res["run_dir"] / "masks", ds.root, names))
 
     def per_sequence(self, results: Results) -> pd.DataFrame:
         frames = []
@@ -56,7 +60,7 @@ class DistractorTable:
             res = results[job]
             df = per_sequence_table(res["per_sequence"])
             if job.dataset == TWIN_VAL:
-                lk = self._leakage(job, res).set_index("sequence")["leakage"]
+                lk = run_leakage(self.study, TWIN_VAL, res).set_index("sequence")["leakage"]
                 df["leakage"] = 100.0 * df["sequence"].map(lk)
             else:
                 df["leakage"] = np.nan

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from kmnlib.analysis.distractors import leakage_by_sequence, twin_leakage
 from kmnlib.analysis import leak as leak_analysis
 from kmnlib.analysis.leak import decoder_swap, read_at_twin, swap_summary
 from kmnlib.analysis.oracle import ORACLE_STRENGTHS
@@ -35,6 +34,7 @@ from kmnlib.memory import sigma_label
 from kmnlib.parallel import spawn_map
 from kmnlib.study.runs import (CLEAN_VAL, DAVIS16_VAL, TWIN_VAL, EvalJob, data_fingerprint,
                                davis, is_cached, run_key, run_name)
+from kmnlib.study.distractors import run_leakage
 from kmnlib.study.effects import seed_level
 from kmnlib.study.session import Study
 from kmnlib.study.tables import Results, jf_from_global
@@ -118,10 +118,7 @@ def read_in_use_table(study: Study, models: Sequence[TrainedCheckpoint],
 def _mean_leakage(study: Study, dataset: str, result: dict) -> float:
     """Percent of the twin's pixels (the ``Twins/`` maps of ``dataset``) that a run's result PNGs
     label as the object, mean over sequences with a visible twin."""
-    ds = davis(study, dataset)
-    names = study.sequences or ds.names
-    per_seq = leakage_by_sequence(twin_leakage(result["run_dir"] / "masks", ds.root, names))
-    return 100.0 * float(per_seq["leakage"].mean())
+    return 100.0 * float(run_leakage(study, dataset, result)["leakage"].mean())
 
 
 @dataclass(frozen=True)

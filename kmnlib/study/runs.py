@@ -272,18 +272,12 @@ def evaluate(study: Study, job: EvalJob, *, force: bool = False) -> dict[str, An
     if not cached:
         # Computed in a new folder that replaces the old one only once complete.
         with _new_folder(run_dir) as tmp:
-            inf = study.profile.inference
             strength = ORACLE_STRENGTHS[job.oracle_strength]
             hooks = ((lambda seq, start, size: [twin_oracle(ds.root, seq.name, start, size,
                                                             strength)])
                      if job.oracle else None)
-            timings = run_dataset(load_model(job.checkpoint, study.device, inference=inf), ds,
-                                  tmp / "masks", sigma=job.sigma, mem_every=inf.mem_every,
-                                  infer_height=inf.infer_height, resolution_out="gt",
-                                  sequences=sequences, device=study.device,
-                                  precision=inf.precision, read_backend=inf.read_backend,
-                                  read_budget_bytes=inf.read_budget_bytes, hooks=hooks,
-                                  report=_reporter(study, job.run))
+            timings = _run_with_profile(study, job.checkpoint, ds, tmp / "masks", job.sigma,
+                                        sequences, hooks=hooks, report=_reporter(study, job.run))
             evaluate_davis(ds.root, tmp / "masks", year=ds.year, split=ds.split, out_dir=tmp,
                            sequences=sequences, resolution=ds.resolution)
             save_csv(pd.DataFrame({"sequence": list(timings),
@@ -314,6 +308,18 @@ def _new_folder(target: Path) -> Iterator[Path]:
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_with_profile(study: Study, checkpoint: Path, ds: Any, out: Path, sigma: float | None,
+                      sequences: list[str] | None, **extra: Any) -> dict[str, float]:
+    """:func:`kmnlib.predict.run_dataset` with the study's inference settings — every setting
+    :func:`run_key` records, in one place — writing masks at the ground truth's size to ``out``."""
+    inf = study.profile.inference
+    return run_dataset(load_model(checkpoint, study.device, inference=inf), ds, out, sigma=sigma,
+                       mem_every=inf.mem_every, infer_height=inf.infer_height,
+                       resolution_out="gt", sequences=sequences, device=study.device,
+                       precision=inf.precision, read_backend=inf.read_backend,
+                       read_budget_bytes=inf.read_budget_bytes, **extra)
 
 
 def _reporter(study: Study, run: str) -> Callable[[str], None] | None:
@@ -396,13 +402,7 @@ def predict_youtube_vos(study: Study, checkpoint: Path, model_tag: str, *, sigma
             # it has.
             names = None if study.sequences is None else [n for n in study.sequences
                                                           if n in ds.names]
-            inf = study.profile.inference
-            timings = run_dataset(load_model(checkpoint, study.device, inference=inf), ds,
-                                  new / "Annotations", sigma=sigma, mem_every=inf.mem_every,
-                                  infer_height=inf.infer_height, resolution_out="gt",
-                                  sequences=names, device=study.device, precision=inf.precision,
-                                  read_backend=inf.read_backend,
-                                  read_budget_bytes=inf.read_budget_bytes)
+            timings = _run_with_profile(study, checkpoint, ds, new / "Annotations", sigma, names)
             save_csv(pd.DataFrame({"sequence": list(timings),
                                    "s_per_frame": list(timings.values())}), new / timing_csv.name)
 
